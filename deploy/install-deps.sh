@@ -18,7 +18,7 @@ PACKAGES=(
   # independent numerical references used by tests (python3-torch shares libtorch's kernels but not our code)
   python3 python3-torch python3-numpy python3-sentencepiece sentencepiece
   # process helpers used by demo/test scripts
-  procps curl nodejs npm
+  procps curl
 )
 
 missing=()
