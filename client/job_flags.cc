@@ -1,0 +1,215 @@
+#include "client/job_flags.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include <CLI/CLI.hpp>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace sinkscope::client {
+namespace v1 = sinkscope::v1;
+
+void AddJobFlags(CLI::App* app, JobFlags* f) {
+  app->add_option("-m,--model", f->models, "Model name (repeat, or comma-separate, for a paired comparison)")
+      ->delimiter(',');
+  app->add_option("-t,--text", f->texts, "Inline prompt text (repeatable)");
+  app->add_option("--texts-file", f->texts_file, "File with one prompt per line ('-' = stdin)");
+  app->add_option("-d,--dataset", f->dataset, "Built-in dataset name (see `sinkscope datasets`)");
+  app->add_option("--ids", f->ids, "Pre-tokenised prompt as comma-separated ids (repeatable)");
+  app->add_option("--max-prompts", f->max_prompts, "Use only the first N prompts")->check(CLI::NonNegativeNumber);
+  app->add_option("--max-tokens", f->max_tokens, "Truncate prompts to N tokens incl. BOS")->check(CLI::NonNegativeNumber);
+  auto* g = app->add_option_group("analyses");
+  g->add_flag("--phase", f->phase,
+              "Preset: the study's phase comparison (sink rate, BOS residual stats, matrix entropy, massive Q/K/V, "
+              "perplexity with BOS-MLP ablation at the spike layer)");
+  g->add_flag("--sink-rate", f->sink_rate, "Attention sink rate per layer/head");
+  g->add_option("--tau", f->tau, "Sink threshold τ in [0,1] (default 0.3)");
+  g->add_option("--query-rows", f->query_rows, "Sink score rows: all (study) | exclude-bos");
+  g->add_option("--attention", f->attention, "Sink attention source: model (true) | pre-rotary (study's manual)");
+  g->add_flag("--massive", f->massive, "Massive values in Q/K/V");
+  g->add_option("--lambda", f->lambda, "Massive threshold λ (default 5)");
+  g->add_flag("--post-rotary", f->post_rotary, "Massive values on post-rotary q/k");
+  g->add_option("--scope", f->scope, "Massive threshold reference: layer (study) | head");
+  g->add_option("--top-k", f->top_k, "Top entries to report (massive values, activation stats)");
+  g->add_flag("--residual", f->residual, "BOS residual norm statistics and spike layer");
+  g->add_flag("--entropy", f->entropy, "Matrix (representation) entropy per layer");
+  g->add_flag("--normalized-entropy", f->normalized_entropy, "Also report entropy / ln(rank)");
+  g->add_flag("--final-norm-last-layer", f->final_norm_last_layer,
+              "Study quirk: last layer's residual metrics after the final RMSNorm");
+  g->add_flag("--perplexity", f->perplexity, "Token-weighted perplexity (baseline)");
+  g->add_flag("--weight-by-t", f->weight_by_t, "Perplexity weighting by T instead of T-1 (study variant)");
+  g->add_option("--bos-mlp", f->bos_mlp, "BOS-MLP ablation perplexity: spike | jump | LAYER (repeatable)");
+  g->add_flag("--qk-disruption", f->qk_disruption, "Q/K massive-dimension disruption perplexity");
+  g->add_option("--qk-replacement", f->qk_replacement, "Disruption replacement: zero (study) | mean");
+  g->add_option("--control-seeds", f->control_seeds, "Random-dimension control seeds (e.g. 42,43,44)")->delimiter(',');
+  g->add_option("--top-per-head", f->top_per_head, "Jin-style top-k per head mean replacement perplexity");
+  g->add_option("--ablate-heads", f->ablate_heads, "Head ablation perplexity, heads as L:H (comma-separated)")
+      ->delimiter(',');
+  g->add_option("--stats", f->stats_hooks, "Activation statistics at hook points (e.g. 'blocks.{L}.hook_resid_post')");
+  g->add_option("--spec", f->spec_file, "JobSpec as JSON (protobuf JSON mapping); -m overrides its models");
+  app->add_option("--priority", f->priority, "Priority in [-10,10] (higher first)");
+  app->add_option("--deadline", f->deadline, "Cancel the job if not done after this many seconds");
+  app->add_option("--label", f->label, "Free-text label stored with the job");
+  app->add_option("--seed", f->seed, "Seed for random controls (default 42)");
+}
+
+namespace {
+
+absl::Status Bad(const std::string& flag, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat(flag, ": ", why));
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::stringstream ss;
+  if (path == "-") {
+    ss << std::cin.rdbuf();
+  } else {
+    std::ifstream in(path);
+    if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+    ss << in.rdbuf();
+  }
+  return ss.str();
+}
+
+}  // namespace
+
+absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
+  v1::JobSpec spec;
+  if (!f.spec_file.empty()) {
+    absl::StatusOr<std::string> text = ReadFile(f.spec_file);
+    if (!text.ok()) return text.status();
+    google::protobuf::util::JsonParseOptions o;
+    auto st = google::protobuf::util::JsonStringToMessage(*text, &spec, o);
+    if (!st.ok()) return Bad("--spec", std::string(st.message()));
+    if (!f.models.empty()) {
+      spec.clear_models();
+      for (const auto& m : f.models) spec.add_models(m);
+    }
+    return spec;
+  }
+  if (f.models.empty()) return Bad("--model", "at least one model is required");
+  for (const auto& m : f.models) spec.add_models(m);
+
+  int sources = !f.texts.empty() + !f.texts_file.empty() + !f.dataset.empty() + !f.ids.empty();
+  if (sources != 1) return Bad("inputs", "give exactly one of --text, --texts-file, --dataset, --ids");
+  auto* in = spec.mutable_inputs();
+  if (!f.texts.empty()) {
+    for (const auto& t : f.texts) in->mutable_texts()->add_texts(t);
+  } else if (!f.texts_file.empty()) {
+    absl::StatusOr<std::string> text = ReadFile(f.texts_file);
+    if (!text.ok()) return text.status();
+    for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipWhitespace()))
+      in->mutable_texts()->add_texts(std::string(line));
+    if (in->texts().texts_size() == 0) return Bad("--texts-file", "no non-empty lines");
+  } else if (!f.dataset.empty()) {
+    in->set_dataset(f.dataset);
+  } else {
+    for (size_t i = 0; i < f.ids.size(); ++i) {
+      auto* p = in->mutable_token_ids()->add_prompts();
+      for (absl::string_view tok : absl::StrSplit(f.ids[i], ',', absl::SkipWhitespace())) {
+        int32_t id;
+        if (!absl::SimpleAtoi(tok, &id)) return Bad(absl::StrCat("--ids[", i, "]"), absl::StrCat("'", tok, "' is not an integer"));
+        p->add_ids(id);
+      }
+    }
+  }
+  in->set_max_prompts(f.max_prompts);
+  spec.mutable_limits()->set_max_tokens(f.max_tokens);
+
+  const bool any = f.phase || f.sink_rate || f.massive || f.residual || f.entropy || f.perplexity ||
+                   !f.bos_mlp.empty() || f.qk_disruption || f.top_per_head > 0 || !f.ablate_heads.empty() ||
+                   !f.stats_hooks.empty();
+  if (!any) return Bad("analyses", "choose at least one (--phase, --sink-rate, --massive, --residual, --entropy, "
+                                   "--perplexity, --bos-mlp, --qk-disruption, --stats, ...)");
+  if (f.phase || f.sink_rate) {
+    auto* s = spec.add_analyses()->mutable_sink_rate();
+    if (f.tau >= 0) s->set_tau(f.tau);
+    if (f.query_rows == "exclude-bos") s->set_query_rows(v1::QUERY_ROWS_EXCLUDE_BOS);
+    else if (f.query_rows == "all") s->set_query_rows(v1::QUERY_ROWS_ALL);
+    else if (!f.query_rows.empty()) return Bad("--query-rows", "expected all or exclude-bos");
+    if (f.attention == "pre-rotary") s->set_source(v1::ATTENTION_SOURCE_PRE_ROTARY);
+    else if (f.attention == "model") s->set_source(v1::ATTENTION_SOURCE_MODEL);
+    else if (!f.attention.empty()) return Bad("--attention", "expected model or pre-rotary");
+  }
+  if (f.phase || f.residual) spec.add_analyses()->mutable_residual_stats()->set_final_norm_last_layer(f.final_norm_last_layer);
+  if (f.phase || f.entropy) {
+    auto* e = spec.add_analyses()->mutable_matrix_entropy();
+    e->set_final_norm_last_layer(f.final_norm_last_layer);
+    e->set_normalized(f.normalized_entropy);
+  }
+  if (f.phase || f.massive) {
+    auto* m = spec.add_analyses()->mutable_massive_values();
+    if (f.lambda > 0) m->set_lambda(f.lambda);
+    m->set_post_rotary(f.post_rotary);
+    if (f.scope == "head") m->set_scope(v1::THRESHOLD_SCOPE_HEAD);
+    else if (f.scope == "layer") m->set_scope(v1::THRESHOLD_SCOPE_LAYER);
+    else if (!f.scope.empty()) return Bad("--scope", "expected layer or head");
+    m->set_top_k(f.top_k);
+  }
+  if (!f.stats_hooks.empty()) {
+    auto* a = spec.add_analyses()->mutable_activation_stats();
+    for (const auto& h : f.stats_hooks) a->add_hooks(h);
+    a->set_top_k(f.top_k);
+  }
+  std::vector<std::string> bos = f.bos_mlp;
+  if (f.phase && bos.empty()) bos.push_back("spike");
+  if (f.phase || f.perplexity || !bos.empty() || f.qk_disruption || f.top_per_head > 0 || !f.ablate_heads.empty()) {
+    auto* p = spec.add_analyses()->mutable_perplexity();
+    p->set_weight_by_t(f.weight_by_t);
+    for (const auto& b : bos) {
+      auto* iv = p->add_interventions();
+      if (b == "spike") {
+        iv->mutable_bos_mlp()->set_spike(v1::SPIKE_RULE_ARGMAX_RATIO);
+        iv->set_label("bos_mlp@spike");
+      } else if (b == "jump") {
+        iv->mutable_bos_mlp()->set_spike(v1::SPIKE_RULE_ARGMAX_JUMP);
+        iv->set_label("bos_mlp@jump");
+      } else {
+        int32_t layer;
+        if (!absl::SimpleAtoi(b, &layer) || layer < 0) return Bad("--bos-mlp", absl::StrCat("'", b, "' is not spike, jump or a layer"));
+        iv->mutable_bos_mlp()->set_layer(layer);
+        iv->set_label(absl::StrCat("bos_mlp@", layer));
+      }
+    }
+    if (f.qk_disruption) {
+      auto* iv = p->add_interventions();
+      auto* q = iv->mutable_qk_massive();
+      if (f.lambda > 0) q->set_lambda(f.lambda);
+      if (f.qk_replacement == "mean") q->set_replacement(v1::REPLACEMENT_MEAN);
+      else if (f.qk_replacement == "zero" || f.qk_replacement.empty()) q->set_replacement(v1::REPLACEMENT_ZERO);
+      else return Bad("--qk-replacement", "expected zero or mean");
+      for (uint64_t s : f.control_seeds) q->add_control_seeds(s);
+      iv->set_label("qk_massive");
+    }
+    if (f.top_per_head > 0) {
+      auto* iv = p->add_interventions();
+      iv->mutable_top_per_head()->set_k(f.top_per_head);
+      iv->set_label(absl::StrCat("top", f.top_per_head, "_per_head"));
+    }
+    if (!f.ablate_heads.empty()) {
+      auto* iv = p->add_interventions();
+      for (const auto& h : f.ablate_heads) {
+        std::pair<std::string, std::string> lh = absl::StrSplit(h, ':');
+        int32_t l, hd;
+        if (!absl::SimpleAtoi(lh.first, &l) || !absl::SimpleAtoi(lh.second, &hd))
+          return Bad("--ablate-heads", absl::StrCat("'", h, "' is not LAYER:HEAD"));
+        auto* r = iv->mutable_heads()->add_heads();
+        r->set_layer(l);
+        r->set_head(hd);
+      }
+      iv->set_label("heads");
+    }
+  }
+  spec.set_priority(f.priority);
+  spec.set_deadline_seconds(f.deadline);
+  spec.set_label(f.label);
+  spec.set_seed(f.seed);
+  return spec;
+}
+
+}  // namespace sinkscope::client

@@ -1,0 +1,61 @@
+// Command-line description of a job (sinkscope run/submit) and its conversion to a sinkscope.v1.JobSpec.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "sinkscope/v1/jobs.pb.h"
+
+namespace CLI {
+class App;
+}
+
+namespace sinkscope::client {
+
+struct JobFlags {
+  std::vector<std::string> models;
+  std::vector<std::string> texts;
+  std::string texts_file;  // one prompt per line; "-" = stdin
+  std::string dataset;
+  std::vector<std::string> ids;  // "1,450,29871" per prompt
+  int max_prompts = 0;
+  int max_tokens = 0;
+  // analyses
+  bool phase = false;  // preset: the study's RoPE-vs-DroPE phase comparison
+  bool sink_rate = false;
+  double tau = -1;
+  std::string query_rows;  // all | exclude-bos
+  std::string attention;   // model | pre-rotary
+  bool massive = false;
+  double lambda = -1;
+  bool post_rotary = false;
+  std::string scope;  // layer | head
+  int top_k = 0;
+  bool residual = false;
+  bool entropy = false;
+  bool normalized_entropy = false;
+  bool final_norm_last_layer = false;
+  bool perplexity = false;
+  bool weight_by_t = false;
+  std::vector<std::string> bos_mlp;  // "spike", "jump", or a layer number
+  bool qk_disruption = false;
+  std::string qk_replacement;  // zero | mean
+  std::vector<uint64_t> control_seeds;
+  int top_per_head = 0;
+  std::vector<std::string> ablate_heads;  // "L:H"
+  std::vector<std::string> stats_hooks;
+  std::string spec_file;  // JobSpec JSON (protobuf JSON mapping); other job flags then only override models
+  // scheduling
+  int priority = 0;
+  double deadline = 0;
+  std::string label;
+  uint64_t seed = 0;
+};
+
+// Registers the job flags on a CLI11 (sub)command.
+void AddJobFlags(CLI::App* app, JobFlags* f);
+// Builds the JobSpec; InvalidArgument naming the flag on bad combinations.
+absl::StatusOr<sinkscope::v1::JobSpec> BuildJobSpec(const JobFlags& f);
+
+}  // namespace sinkscope::client

@@ -1,0 +1,117 @@
+#include "server/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace sinkscope::server {
+namespace fs = std::filesystem;
+namespace {
+
+std::string Resolve(const std::string& p, const std::string& base) {
+  if (p.empty() || fs::path(p).is_absolute()) return p;
+  return (fs::path(base) / p).lexically_normal().string();
+}
+
+absl::Status CheckKeys(const YAML::Node& n, const std::string& where, const std::set<std::string>& allowed) {
+  for (const auto& kv : n) {
+    const std::string k = kv.first.as<std::string>();
+    if (!allowed.count(k)) return absl::InvalidArgumentError(absl::StrCat(where, ": unknown key '", k, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int32_t> PositiveInt(const YAML::Node& n, const std::string& where) {
+  int64_t v;
+  try {
+    v = n.as<int64_t>();
+  } catch (const YAML::Exception&) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": expected an integer"));
+  }
+  if (v <= 0 || v > (1 << 30)) return absl::InvalidArgumentError(absl::StrCat(where, ": ", v, " out of range"));
+  return static_cast<int32_t>(v);
+}
+
+}  // namespace
+
+absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, const std::string& base_dir) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config: YAML parse error: ", e.what()));
+  }
+  if (!root.IsMap()) return absl::InvalidArgumentError("config: top level must be a mapping");
+  if (auto s = CheckKeys(root, "config", {"models", "datasets_dir", "limits"}); !s.ok()) return s;
+  ServerConfig cfg;
+  const YAML::Node models = root["models"];
+  if (!models || !models.IsSequence() || models.size() == 0)
+    return absl::InvalidArgumentError("config: 'models' must be a non-empty list");
+  std::set<std::string> names;
+  try {
+    for (size_t i = 0; i < models.size(); ++i) {
+      const std::string where = absl::StrCat("models[", i, "]");
+      const YAML::Node m = models[i];
+      if (!m.IsMap()) return absl::InvalidArgumentError(absl::StrCat(where, ": must be a mapping"));
+      if (auto s = CheckKeys(m, where, {"name", "path", "dtype", "device", "description"}); !s.ok()) return s;
+      ModelConfig mc;
+      if (!m["name"] || !m["path"])
+        return absl::InvalidArgumentError(absl::StrCat(where, ": 'name' and 'path' are required"));
+      mc.name = m["name"].as<std::string>();
+      if (mc.name.empty() || mc.name.find_first_of(" \t/") != std::string::npos)
+        return absl::InvalidArgumentError(absl::StrCat(where, ".name: '", mc.name, "' is empty or has spaces/slashes"));
+      if (!names.insert(mc.name).second)
+        return absl::InvalidArgumentError(absl::StrCat(where, ".name: duplicate '", mc.name, "'"));
+      mc.path = Resolve(m["path"].as<std::string>(), base_dir);
+      if (m["dtype"]) mc.dtype = m["dtype"].as<std::string>();
+      if (mc.dtype != "float32" && mc.dtype != "bfloat16" && mc.dtype != "float16")
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ".dtype: '", mc.dtype, "' (expected float32, bfloat16 or float16)"));
+      if (m["device"]) mc.device = m["device"].as<std::string>();
+      if (mc.device != "cpu" && mc.device.rfind("cuda", 0) != 0)
+        return absl::InvalidArgumentError(absl::StrCat(where, ".device: '", mc.device, "' (expected cpu or cuda[:N])"));
+      if (m["description"]) mc.description = m["description"].as<std::string>();
+      cfg.models.push_back(std::move(mc));
+    }
+    if (root["datasets_dir"]) cfg.datasets_dir = Resolve(root["datasets_dir"].as<std::string>(), base_dir);
+    if (const YAML::Node l = root["limits"]) {
+      if (!l.IsMap()) return absl::InvalidArgumentError("limits: must be a mapping");
+      if (auto s = CheckKeys(l, "limits", {"max_tokens_per_prompt", "max_prompts_per_job", "max_queued_jobs"});
+          !s.ok())
+        return s;
+      if (l["max_tokens_per_prompt"]) {
+        auto v = PositiveInt(l["max_tokens_per_prompt"], "limits.max_tokens_per_prompt");
+        if (!v.ok()) return v.status();
+        cfg.max_tokens_per_prompt = *v;
+      }
+      if (l["max_prompts_per_job"]) {
+        auto v = PositiveInt(l["max_prompts_per_job"], "limits.max_prompts_per_job");
+        if (!v.ok()) return v.status();
+        cfg.max_prompts_per_job = *v;
+      }
+      if (l["max_queued_jobs"]) {
+        auto v = PositiveInt(l["max_queued_jobs"], "limits.max_queued_jobs");
+        if (!v.ok()) return v.status();
+        cfg.max_queued_jobs = *v;
+      }
+    }
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config: ", e.what()));
+  }
+  return cfg;
+}
+
+absl::StatusOr<ServerConfig> LoadServerConfig(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("config file not found: ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ParseServerConfig(ss.str(), fs::absolute(fs::path(path)).parent_path().string());
+}
+
+}  // namespace sinkscope::server
