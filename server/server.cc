@@ -3,7 +3,6 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
-#include <torch/version.h>
 
 #include <chrono>
 #include <thread>
@@ -20,7 +19,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
   const size_t colon = opts.listen.rfind(':');
   if (colon == std::string::npos) return absl::InvalidArgumentError(absl::StrCat("listen: '", opts.listen, "' is not host:port"));
   s->host_ = opts.listen.substr(0, colon);
-  const int32_t threads = model::SetComputeThreads(opts.compute_threads);
+  model::SetComputeThreads(opts.compute_threads);
+  const int32_t threads = model::ComputeThreads();
 
   s->registry_ = std::make_unique<Registry>(cfg.models);
   JobManager::Options jo;
@@ -33,7 +33,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
 
   ServiceOptions so;
   so.version = kVersion;
-  so.torch_version = TORCH_VERSION;
+  so.torch_version = model::TorchVersion();
   so.compute_threads = threads;
   so.datasets_dir = cfg.datasets_dir;
   so.limits.set_max_tokens_per_prompt(cfg.max_tokens_per_prompt);
@@ -54,7 +54,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
   auto* health = s->grpc_->GetHealthCheckService();
   health->SetServingStatus(false);  // NOT_SERVING until the models are loaded
   spdlog::info("sinkscoped {} listening on {}:{} ({} compute threads, torch {})", kVersion, s->host_, s->port_,
-               threads, TORCH_VERSION);
+               threads, model::TorchVersion());
 
   s->registry_->StartLoading();
   s->jobs_->Start();
