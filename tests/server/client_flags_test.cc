@@ -1,0 +1,114 @@
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "client/job_flags.h"
+#include "client/render.h"
+
+namespace v1 = sinkscope::v1;
+using sinkscope::client::BuildJobSpec;
+using sinkscope::client::JobFlags;
+
+TEST(ClientFlags, PhasePresetIsTheStudysComparison) {
+  JobFlags f;
+  f.models = {"tiny-rope", "tiny-drope"};
+  f.dataset = "brown-heldout";
+  f.phase = true;
+  auto s = BuildJobSpec(f);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->models_size(), 2);
+  EXPECT_EQ(s->inputs().dataset(), "brown-heldout");
+  std::vector<v1::Analysis::KindCase> kinds;
+  for (const auto& a : s->analyses()) kinds.push_back(a.kind_case());
+  EXPECT_EQ(kinds, (std::vector<v1::Analysis::KindCase>{v1::Analysis::kSinkRate, v1::Analysis::kResidualStats,
+                                                        v1::Analysis::kMatrixEntropy, v1::Analysis::kMassiveValues,
+                                                        v1::Analysis::kPerplexity}));
+  const auto& p = s->analyses(4).perplexity();
+  ASSERT_EQ(p.interventions_size(), 1);
+  EXPECT_EQ(p.interventions(0).bos_mlp().spike(), v1::SPIKE_RULE_ARGMAX_RATIO);
+}
+
+TEST(ClientFlags, IdsAndInterventions) {
+  JobFlags f;
+  f.models = {"m"};
+  f.ids = {"1, 450,29871", "1,2"};
+  f.bos_mlp = {"3", "jump"};
+  f.qk_disruption = true;
+  f.control_seeds = {42, 43};
+  f.ablate_heads = {"0:1", "2:3"};
+  auto s = BuildJobSpec(f);
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_EQ(s->inputs().token_ids().prompts_size(), 2);
+  EXPECT_EQ(s->inputs().token_ids().prompts(0).ids_size(), 3);
+  EXPECT_EQ(s->inputs().token_ids().prompts(0).ids(2), 29871);
+  const auto& p = s->analyses(0).perplexity();
+  ASSERT_EQ(p.interventions_size(), 4);
+  EXPECT_EQ(p.interventions(0).bos_mlp().layer(), 3);
+  EXPECT_EQ(p.interventions(1).bos_mlp().spike(), v1::SPIKE_RULE_ARGMAX_JUMP);
+  EXPECT_EQ(p.interventions(2).qk_massive().control_seeds_size(), 2);
+  EXPECT_EQ(p.interventions(3).heads().heads(1).head(), 3);
+}
+
+TEST(ClientFlags, BadCombinationsAreClearErrors) {
+  JobFlags f;
+  f.sink_rate = true;
+  f.texts = {"x"};
+  EXPECT_NE(BuildJobSpec(f).status().message().find("--model"), std::string::npos);
+  f.models = {"m"};
+  f.dataset = "d";
+  EXPECT_NE(BuildJobSpec(f).status().message().find("exactly one of"), std::string::npos);
+  f.dataset.clear();
+  f.sink_rate = false;
+  EXPECT_NE(BuildJobSpec(f).status().message().find("choose at least one"), std::string::npos);
+  f.perplexity = true;
+  f.bos_mlp = {"first"};
+  EXPECT_NE(BuildJobSpec(f).status().message().find("--bos-mlp"), std::string::npos);
+  f.bos_mlp.clear();
+  f.ablate_heads = {"3"};
+  EXPECT_NE(BuildJobSpec(f).status().message().find("LAYER:HEAD"), std::string::npos);
+  f.ablate_heads.clear();
+  f.texts.clear();
+  f.ids = {"1,x"};
+  EXPECT_NE(BuildJobSpec(f).status().message().find("'x' is not an integer"), std::string::npos);
+}
+
+TEST(ClientFlags, SpecFileJsonAndModelOverride) {
+  const std::string path = testing::TempDir() + "/spec.json";
+  std::ofstream(path) << R"({"models":["a"],"inputs":{"texts":{"texts":["hi"]}},"analyses":[{"sinkRate":{"tau":0.5}}]})";
+  JobFlags f;
+  f.spec_file = path;
+  auto s = BuildJobSpec(f);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->models(0), "a");
+  EXPECT_DOUBLE_EQ(s->analyses(0).sink_rate().tau(), 0.5);
+  f.models = {"b", "c"};
+  s = BuildJobSpec(f);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->models_size(), 2);
+  std::ofstream(path) << "{not json";
+  EXPECT_FALSE(BuildJobSpec(f).ok());
+}
+
+TEST(ClientRender, FlattenAndCsv) {
+  v1::JobEvent ev;
+  auto* l = ev.mutable_layer();
+  l->set_model("m,1");
+  l->set_layer(2);
+  l->mutable_sink_rate()->mutable_sink_rate()->set_mean(0.75);
+  l->mutable_residual_stats()->mutable_bos_norm()->set_mean(12.5);
+  auto flat = sinkscope::client::FlattenLayer(*l);
+  ASSERT_GE(flat.size(), 3u);
+  EXPECT_EQ(flat[0].first, "sink_rate");
+  EXPECT_DOUBLE_EQ(flat[0].second, 0.75);
+  std::ostringstream out;
+  sinkscope::client::EventRenderer r(sinkscope::client::Format::kCsv, out, false);
+  r.Render(ev);
+  EXPECT_NE(out.str().find("kind,model,layer,metric,value\n"), std::string::npos);
+  EXPECT_NE(out.str().find("layer,\"m,1\",2,sink_rate,0.7500\n"), std::string::npos) << out.str();
+  std::ostringstream js;
+  sinkscope::client::EventRenderer rj(sinkscope::client::Format::kJson, js, false);
+  rj.Render(ev);
+  EXPECT_NE(js.str().find("\"sink_rate\""), std::string::npos) << js.str();
+  EXPECT_EQ(js.str().back(), '\n');
+}
