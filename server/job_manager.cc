@@ -298,6 +298,19 @@ absl::StatusOr<JobManager::Poll> JobManager::NextEvent(const std::string& id, ui
   return Poll::kWait;
 }
 
+void JobManager::SetPaused(bool paused) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    paused_ = paused;
+  }
+  cv_.notify_all();
+}
+
+bool JobManager::paused() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return paused_;
+}
+
 int32_t JobManager::queued() const {
   std::lock_guard<std::mutex> l(mu_);
   return static_cast<int32_t>(queue_.size());
@@ -314,7 +327,7 @@ void JobManager::WorkerLoop() {
     std::shared_ptr<Record> rec;
     {
       std::unique_lock<std::mutex> l(mu_);
-      cv_.wait(l, [&] { return stopping_ || !queue_.empty(); });
+      cv_.wait(l, [&] { return stopping_ || (!paused_ && !queue_.empty()); });
       if (stopping_) break;
       auto best = std::min_element(queue_.begin(), queue_.end(), [](const auto& a, const auto& b) {
         if (a->job.spec().priority() != b->job.spec().priority())

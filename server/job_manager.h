@@ -50,6 +50,10 @@ class JobManager {
   absl::StatusOr<Poll> NextEvent(const std::string& id, uint64_t seq, sinkscope::v1::JobEvent* out,
                                  std::function<void()> notify);
 
+  // Paused: queued jobs stay queued (submissions still accepted) until resumed. For maintenance and tests.
+  void SetPaused(bool paused);
+  bool paused() const;
+
   int32_t queued() const;
   int32_t running() const;
 
@@ -76,6 +80,7 @@ class JobManager {
   std::vector<std::function<void()>> to_notify_;
   uint64_t next_submit_ = 0;
   bool stopping_ = false;
+  bool paused_ = false;
   std::thread worker_;
 };
 
