@@ -122,6 +122,7 @@ void JobManager::Append(Record& rec, v1::JobEvent ev) {
   *ev.mutable_time() = TimeUtil::GetCurrentTime();
   rec.events.push_back(std::move(ev));
   rec.job.set_num_events(rec.events.size());
+  if (opts_.metrics) opts_.metrics->SetQueue(static_cast<int>(queue_.size()), running_ ? 1 : 0);
   // Waiters (StreamJob reactors) call back into NextEvent, so they run after mu_ is released: FlushNotify().
   for (auto& w : rec.waiters) to_notify_.push_back(std::move(w));
   rec.waiters.clear();
@@ -143,6 +144,19 @@ void JobManager::Finish(Record& rec, v1::JobState state, const absl::Status& st)
   *rec.job.mutable_finished_at() = TimeUtil::GetCurrentTime();
   if (!st.ok()) *rec.job.mutable_error() = ErrorOf(st);
   if (state == v1::JOB_STATE_SUCCEEDED) rec.job.set_progress(1.0);
+  if (opts_.metrics) {
+    using google::protobuf::util::TimeUtil;
+    const auto ns = [](const google::protobuf::Timestamp& t) { return TimeUtil::TimestampToNanoseconds(t); };
+    const bool started = rec.job.has_started_at();
+    const double queue_s = 1e-9 * static_cast<double>((started ? ns(rec.job.started_at()) : ns(rec.job.finished_at())) -
+                                                      ns(rec.job.submitted_at()));
+    const double run_s = started ? 1e-9 * static_cast<double>(ns(rec.job.finished_at()) - ns(rec.job.started_at())) : 0;
+    opts_.metrics->JobFinished(state == v1::JOB_STATE_SUCCEEDED ? "succeeded"
+                               : state == v1::JOB_STATE_FAILED  ? "failed"
+                                                                : "cancelled",
+                               run_s, queue_s);
+    for (const auto& m : rec.job.summary().models()) opts_.metrics->TokensProcessed(m.model(), m.num_tokens());
+  }
   v1::JobEvent ev;
   ev.mutable_finished()->set_state(state);
   if (!st.ok()) *ev.mutable_finished()->mutable_error() = ErrorOf(st);
@@ -211,6 +225,7 @@ absl::StatusOr<v1::SubmitJobResponse> JobManager::Submit(const v1::SubmitJobRequ
   if (!idem.empty()) idempotency_[idem] = rec->job.id();
   const int32_t pos = QueuePosition(*rec);
   rec->job.set_queue_position(pos);
+  if (opts_.metrics) opts_.metrics->JobAccepted();
   v1::JobEvent ev;
   ev.mutable_accepted()->set_queue_position(pos);
   Append(*rec, std::move(ev));

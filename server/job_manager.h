@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/job/runner.h"
+#include "server/metrics.h"
 #include "server/registry.h"
 #include "sinkscope/v1/service.pb.h"
 
@@ -30,6 +31,7 @@ class JobManager {
     int32_t max_finished_jobs = 1000;  // oldest finished jobs are forgotten beyond this
     job::RunLimits limits;
     std::string server_version;
+    Metrics* metrics = nullptr;  // optional
   };
 
   JobManager(Options opts, const Registry* registry);

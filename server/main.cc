@@ -19,6 +19,7 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "host:port to listen on (port 
 ABSL_FLAG(int32_t, threads, 0, "Intra-op compute threads for the engine (0 = all cores).");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
 ABSL_FLAG(std::string, port_file, "", "If set, write the bound port to this file once listening.");
+ABSL_FLAG(std::string, metrics_listen, "", "host:port for the Prometheus /metrics endpoint (empty = off), e.g. 127.0.0.1:9464.");
 ABSL_FLAG(double, shutdown_grace, 5.0, "Seconds in-flight RPCs get to finish at shutdown.");
 
 int main(int argc, char** argv) {
@@ -46,6 +47,7 @@ int main(int argc, char** argv) {
   sinkscope::server::ServerOptions opts;
   opts.listen = absl::GetFlag(FLAGS_listen);
   opts.compute_threads = absl::GetFlag(FLAGS_threads);
+  opts.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   auto server = sinkscope::server::Server::Start(opts, *cfg);
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());

@@ -22,6 +22,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
   model::SetComputeThreads(opts.compute_threads);
   const int32_t threads = model::ComputeThreads();
 
+  auto metrics = Metrics::Create(opts.metrics_listen);
+  if (!metrics.ok()) return metrics.status();
+  s->metrics_ = *std::move(metrics);
   s->registry_ = std::make_unique<Registry>(cfg.models);
   JobManager::Options jo;
   jo.max_queued_jobs = cfg.max_queued_jobs;
@@ -29,6 +32,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
   jo.limits.max_prompts = cfg.max_prompts_per_job;
   jo.limits.data_dir = cfg.datasets_dir;
   jo.server_version = kVersion;
+  jo.metrics = s->metrics_.get();
   s->jobs_ = std::make_unique<JobManager>(jo, s->registry_.get());
 
   ServiceOptions so;
@@ -40,7 +44,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
   so.limits.set_max_prompts_per_job(cfg.max_prompts_per_job);
   so.limits.set_max_queued_jobs(cfg.max_queued_jobs);
   so.limits.set_max_request_bytes(opts.max_request_bytes);
-  s->service_ = std::make_unique<SinkscopeService>(so, s->registry_.get(), s->jobs_.get());
+  s->service_ = std::make_unique<SinkscopeService>(so, s->registry_.get(), s->jobs_.get(), s->metrics_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -55,6 +59,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
   health->SetServingStatus(false);  // NOT_SERVING until the models are loaded
   spdlog::info("sinkscoped {} listening on {}:{} ({} compute threads, torch {})", kVersion, s->host_, s->port_,
                threads, model::TorchVersion());
+  if (s->metrics_->port() > 0) spdlog::info("metrics on http://{}/metrics", opts.metrics_listen);
 
   s->registry_->StartLoading();
   s->jobs_->Start();
@@ -62,6 +67,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
   s->health_thread_ = std::thread([raw, health] {
     raw->registry_->WaitLoaded();
     const bool ok = raw->registry_->num_ready() > 0;
+    raw->metrics_->SetModelsReady(raw->registry_->num_ready(),
+                                  static_cast<int>(raw->registry_->List().size()) - raw->registry_->num_ready());
     health->SetServingStatus(ok);
     health->SetServingStatus("sinkscope.v1.Sinkscope", ok);
     if (ok)

@@ -20,6 +20,7 @@ struct ServerOptions {
   int32_t compute_threads = 0;              // 0 = all cores
   bool wait_for_models = false;             // Start() returns only after every model is loaded (or failed)
   int32_t max_request_bytes = 4 << 20;
+  std::string metrics_listen;  // "127.0.0.1:9464" exposes /metrics over HTTP; empty = none
 };
 
 extern const char kVersion[];
@@ -33,6 +34,7 @@ class Server {
   std::string address() const;  // "127.0.0.1:<port>"
   Registry& registry() { return *registry_; }
   JobManager& jobs() { return *jobs_; }
+  Metrics& metrics() { return *metrics_; }
   // Graceful: stop accepting RPCs, cancel jobs, give in-flight RPCs up to `grace_seconds`, join threads.
   void Shutdown(double grace_seconds = 5.0);
   // Blocks until Shutdown() completes.
@@ -40,6 +42,7 @@ class Server {
 
  private:
   Server() = default;
+  std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<JobManager> jobs_;
   std::unique_ptr<SinkscopeService> service_;

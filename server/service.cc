@@ -17,12 +17,6 @@ grpc::Status ToGrpc(const absl::Status& st) {
 
 namespace {
 
-grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Status& st) {
-  auto* r = ctx->DefaultReactor();
-  r->Finish(ToGrpc(st));
-  return r;
-}
-
 std::string Peer(grpc::CallbackServerContext* ctx) { return ctx->peer(); }
 
 // StreamJob: replays stored events from `from_seq`, then follows live events until Finished.
@@ -107,8 +101,16 @@ class StreamReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
 
 }  // namespace
 
-SinkscopeService::SinkscopeService(ServiceOptions opts, Registry* registry, JobManager* jobs)
-    : opts_(std::move(opts)), registry_(registry), jobs_(jobs) {}
+SinkscopeService::SinkscopeService(ServiceOptions opts, Registry* registry, JobManager* jobs, Metrics* metrics)
+    : opts_(std::move(opts)), registry_(registry), jobs_(jobs), metrics_(metrics) {}
+
+grpc::ServerUnaryReactor* SinkscopeService::Done(grpc::CallbackServerContext* ctx, const char* method,
+                                                 const absl::Status& st) {
+  if (metrics_) metrics_->RpcHandled(method, static_cast<int>(st.code()));
+  auto* r = ctx->DefaultReactor();
+  r->Finish(ToGrpc(st));
+  return r;
+}
 
 grpc::ServerUnaryReactor* SinkscopeService::GetServerInfo(grpc::CallbackServerContext* ctx,
                                                           const v1::GetServerInfoRequest*, v1::ServerInfo* resp) {
@@ -122,20 +124,20 @@ grpc::ServerUnaryReactor* SinkscopeService::GetServerInfo(grpc::CallbackServerCo
   resp->set_queued_jobs(jobs_->queued());
   resp->set_running_jobs(jobs_->running());
   *resp->mutable_limits() = opts_.limits;
-  return Done(ctx, absl::OkStatus());
+  return Done(ctx, "GetServerInfo", absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* SinkscopeService::ListModels(grpc::CallbackServerContext* ctx, const v1::ListModelsRequest*,
                                                        v1::ListModelsResponse* resp) {
   for (auto& m : registry_->List()) *resp->add_models() = std::move(m);
-  return Done(ctx, absl::OkStatus());
+  return Done(ctx, "ListModels", absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* SinkscopeService::GetModel(grpc::CallbackServerContext* ctx, const v1::GetModelRequest* req,
                                                      v1::ModelInfo* resp) {
   absl::StatusOr<v1::ModelInfo> m = registry_->Get(req->name());
   if (m.ok()) *resp = *std::move(m);
-  return Done(ctx, m.status());
+  return Done(ctx, "GetModel", m.status());
 }
 
 grpc::ServerUnaryReactor* SinkscopeService::ListDatasets(grpc::CallbackServerContext* ctx,
@@ -148,7 +150,7 @@ grpc::ServerUnaryReactor* SinkscopeService::ListDatasets(grpc::CallbackServerCon
     p->set_digest(d.digest);
     p->set_source(d.source);
   }
-  return Done(ctx, absl::OkStatus());
+  return Done(ctx, "ListDatasets", absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* SinkscopeService::SubmitJob(grpc::CallbackServerContext* ctx,
@@ -160,12 +162,14 @@ grpc::ServerUnaryReactor* SinkscopeService::SubmitJob(grpc::CallbackServerContex
     *resp = *std::move(r);
   } else {
     spdlog::info("SubmitJob from {} rejected: {}", Peer(ctx), r.status().ToString());
+    if (metrics_) metrics_->JobRejected(static_cast<int>(r.status().code()));
   }
-  return Done(ctx, r.status());
+  return Done(ctx, "SubmitJob", r.status());
 }
 
 grpc::ServerWriteReactor<v1::JobEvent>* SinkscopeService::StreamJob(grpc::CallbackServerContext*,
                                                                    const v1::StreamJobRequest* req) {
+  if (metrics_) metrics_->RpcHandled("StreamJob", 0);
   return new StreamReactor(jobs_, req->job_id(), req->from_seq());
 }
 
@@ -173,21 +177,21 @@ grpc::ServerUnaryReactor* SinkscopeService::GetJob(grpc::CallbackServerContext* 
                                                    v1::Job* resp) {
   absl::StatusOr<v1::Job> j = jobs_->Get(req->job_id());
   if (j.ok()) *resp = *std::move(j);
-  return Done(ctx, j.status());
+  return Done(ctx, "GetJob", j.status());
 }
 
 grpc::ServerUnaryReactor* SinkscopeService::ListJobs(grpc::CallbackServerContext* ctx, const v1::ListJobsRequest* req,
                                                      v1::ListJobsResponse* resp) {
   absl::StatusOr<v1::ListJobsResponse> r = jobs_->List(*req);
   if (r.ok()) *resp = *std::move(r);
-  return Done(ctx, r.status());
+  return Done(ctx, "ListJobs", r.status());
 }
 
 grpc::ServerUnaryReactor* SinkscopeService::CancelJob(grpc::CallbackServerContext* ctx,
                                                       const v1::CancelJobRequest* req, v1::CancelJobResponse* resp) {
   absl::StatusOr<v1::JobState> s = jobs_->Cancel(req->job_id());
   if (s.ok()) resp->set_state(*s);
-  return Done(ctx, s.status());
+  return Done(ctx, "CancelJob", s.status());
 }
 
 }  // namespace sinkscope::server

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "server/job_manager.h"
+#include "server/metrics.h"
 #include "server/registry.h"
 #include "sinkscope/v1/service.grpc.pb.h"
 
@@ -22,7 +23,7 @@ struct ServiceOptions {
 
 class SinkscopeService final : public sinkscope::v1::Sinkscope::CallbackService {
  public:
-  SinkscopeService(ServiceOptions opts, Registry* registry, JobManager* jobs);
+  SinkscopeService(ServiceOptions opts, Registry* registry, JobManager* jobs, Metrics* metrics);
 
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx, const sinkscope::v1::GetServerInfoRequest*,
                                           sinkscope::v1::ServerInfo* resp) override;
@@ -47,6 +48,8 @@ class SinkscopeService final : public sinkscope::v1::Sinkscope::CallbackService 
   ServiceOptions opts_;
   Registry* registry_;
   JobManager* jobs_;
+  Metrics* metrics_;
+  grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const char* method, const absl::Status& st);
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 

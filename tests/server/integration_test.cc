@@ -87,6 +87,7 @@ class ServerTest : public testing::Test {
     o.listen = "127.0.0.1:0";
     o.compute_threads = 2;
     o.wait_for_models = true;
+    o.metrics_listen = "127.0.0.1:0";
     auto s = Server::Start(o, Config());
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = *std::move(s);
@@ -504,6 +505,26 @@ TEST_F(ServerTest, CliEndToEnd) {
   out = Run(absl::StrCat(SINKSCOPE_CLI_PATH, " -s 127.0.0.1:1 --timeout 2 models 2>&1"), &rc);
   EXPECT_EQ(rc, 2);
   EXPECT_NE(out.find("unavailable"), std::string::npos) << out;
+}
+
+TEST_F(ServerTest, PrometheusMetrics) {
+  auto id = Submit(SinkJob({"tiny-rope"}));
+  ASSERT_TRUE(id.ok());
+  Stream(*id);
+  EXPECT_FALSE(Submit(SinkJob({"gpt5"})).ok());
+  const std::string text = server_->metrics().Serialize();
+  EXPECT_NE(text.find("sinkscope_jobs_total{outcome=\"accepted\"} 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("sinkscope_jobs_total{outcome=\"succeeded\"} 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("sinkscope_jobs_total{outcome=\"rejected_NOT_FOUND\"} 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("sinkscope_rpcs_total{code=\"OK\",method=\"SubmitJob\"} 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("sinkscope_state{what=\"models_ready\"} 2"), std::string::npos) << text;
+  EXPECT_NE(text.find("sinkscope_tokens_total{model=\"tiny-rope\"}"), std::string::npos) << text;
+  ASSERT_GT(server_->metrics().port(), 0);
+  int rc = -1;
+  const std::string http =
+      Run(absl::StrCat("curl -s --max-time 5 http://127.0.0.1:", server_->metrics().port(), "/metrics"), &rc);
+  EXPECT_EQ(rc, 0);
+  EXPECT_NE(http.find("sinkscope_job_run_seconds_count 1"), std::string::npos) << http;
 }
 
 TEST(ServerBinary, StartsAndStopsOnSigterm) {
