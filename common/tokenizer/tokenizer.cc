@@ -1,0 +1,755 @@
+// SentencePiece BPE tokenizer (see sentencepiece_tokenizer.h for the behaviour it reproduces).
+#include "common/tokenizer/sentencepiece_tokenizer.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <queue>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/tokenizer/sentencepiece_model.pb.h"
+#include "common/util/sha256.h"
+
+namespace sinkscope::tokenizer {
+namespace {
+
+namespace spm = ::sinkscope::tokenizer::spm;
+
+constexpr std::string_view kSpaceSymbol = "\xe2\x96\x81";      // U+2581 LOWER ONE EIGHTH BLOCK
+constexpr std::string_view kReplacementChar = "\xef\xbf\xbd";  // U+FFFD REPLACEMENT CHARACTER
+constexpr char32_t kUnicodeError = 0xFFFD;
+// sentencepiece's Normalizer looks at no more than this many trie matches per position.
+constexpr size_t kMaxTrieResults = 32;
+
+// ---------------------------------------------------------------------------------------------------------------
+// UTF-8, with sentencepiece's exact rules (string_util::OneCharLen / DecodeUTF8 / IsValidDecodeUTF8).
+
+// Length of the UTF-8 sequence announced by the lead byte (1 for stray continuation bytes).
+size_t OneCharLen(const char* p) {
+  static constexpr std::array<uint8_t, 16> kLen = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
+  return kLen[static_cast<unsigned char>(*p) >> 4];
+}
+
+bool IsTrailByte(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
+bool IsValidCodepoint(char32_t c) { return c < 0xD800 || (c >= 0xE000 && c <= 0x10FFFF); }
+
+// Decodes the first character of a non-empty `s`: {code point, length}; {U+FFFD, 1} when malformed
+// (overlong forms, surrogates and code points above U+10FFFF included).
+std::pair<char32_t, size_t> DecodeUtf8(std::string_view s) {
+  const auto b = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
+  const size_t len = s.size();
+  if (b(0) < 0x80) return {b(0), 1};
+  if (len >= 2 && (b(0) & 0xE0) == 0xC0) {
+    const char32_t cp = ((b(0) & 0x1F) << 6) | (b(1) & 0x3F);
+    if (IsTrailByte(s[1]) && cp >= 0x80 && IsValidCodepoint(cp)) return {cp, 2};
+  } else if (len >= 3 && (b(0) & 0xF0) == 0xE0) {
+    const char32_t cp = ((b(0) & 0x0F) << 12) | ((b(1) & 0x3F) << 6) | (b(2) & 0x3F);
+    if (IsTrailByte(s[1]) && IsTrailByte(s[2]) && cp >= 0x800 && IsValidCodepoint(cp)) return {cp, 3};
+  } else if (len >= 4 && (b(0) & 0xF8) == 0xF0) {
+    const char32_t cp = ((b(0) & 0x07) << 18) | ((b(1) & 0x3F) << 12) | ((b(2) & 0x3F) << 6) | (b(3) & 0x3F);
+    if (IsTrailByte(s[1]) && IsTrailByte(s[2]) && IsTrailByte(s[3]) && cp >= 0x10000 && IsValidCodepoint(cp)) {
+      return {cp, 4};
+    }
+  }
+  return {kUnicodeError, 1};
+}
+
+// True when the first character of `s` is well-formed (a literal U+FFFD counts as well-formed).
+bool IsValidDecodeUtf8(std::string_view s, size_t* mblen) {
+  const auto [cp, len] = DecodeUtf8(s);
+  *mblen = len;
+  return cp != kUnicodeError || len == 3;
+}
+
+// "<0xNN>" (upper-case hex) <-> byte.
+std::string ByteToPiece(unsigned char b) { return absl::StrFormat("<0x%02X>", b); }
+
+int PieceToByte(std::string_view piece) {
+  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
+  int value = 0;
+  for (char c : piece.substr(3, 2)) {
+    value <<= 4;
+    if (c >= '0' && c <= '9') {
+      value |= c - '0';
+    } else if (c >= 'A' && c <= 'F') {
+      value |= c - 'A' + 10;
+    } else {
+      return -1;  // sentencepiece only knows the upper-case spelling
+    }
+  }
+  return value;
+}
+
+std::string Printable(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c == '\\' || c == '"') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c == 0x7F) {
+      out += absl::StrFormat("\\x%02x", c);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+using PieceMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Darts-clone double-array trie, read-only (the format of NormalizerSpec.precompiled_charsmap's trie part).
+class DoubleArray {
+ public:
+  struct Match {
+    uint32_t value;  // offset of the replacement in the charsmap's string pool
+    size_t length;   // bytes of the key matched
+  };
+
+  void Assign(std::string_view blob) {
+    units_.resize(blob.size() / 4);
+    for (size_t i = 0; i < units_.size(); ++i) {
+      const auto* p = reinterpret_cast<const unsigned char*>(blob.data() + 4 * i);
+      units_[i] = uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
+    }
+  }
+  bool empty() const { return units_.empty(); }
+
+  // All keys that are prefixes of `key`, shortest first; stores at most `max` of them, returns how many exist.
+  // Same traversal as Darts::DoubleArrayImpl::commonPrefixSearch, plus bounds checks for damaged blobs.
+  size_t CommonPrefixSearch(std::string_view key, Match* out, size_t max) const {
+    size_t found = 0;
+    if (units_.empty()) return 0;
+    uint32_t id = Offset(units_[0]);
+    for (size_t i = 0; i < key.size(); ++i) {
+      const auto c = static_cast<unsigned char>(key[i]);
+      id ^= c;
+      if (id >= units_.size()) return found;
+      const uint32_t unit = units_[id];
+      if (Label(unit) != c) return found;
+      id ^= Offset(unit);
+      if (HasLeaf(unit)) {
+        if (id >= units_.size()) return found;
+        if (found < max) out[found] = Match{Value(units_[id]), i + 1};
+        ++found;
+      }
+    }
+    return found;
+  }
+
+ private:
+  static bool HasLeaf(uint32_t unit) { return ((unit >> 8) & 1) == 1; }
+  static uint32_t Value(uint32_t unit) { return unit & ((1U << 31) - 1); }
+  static uint32_t Label(uint32_t unit) { return unit & ((1U << 31) | 0xFF); }
+  static uint32_t Offset(uint32_t unit) { return (unit >> 10) << ((unit & (1U << 9)) >> 6); }
+
+  std::vector<uint32_t> units_;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// User-defined symbols: matched whole, longest first (sentencepiece's PrefixMatcher).
+class PrefixMatcher {
+ public:
+  void Add(std::string symbol) {
+    if (symbol.empty()) return;
+    auto& bucket = by_first_byte_[static_cast<unsigned char>(symbol[0])];
+    bucket.push_back(std::move(symbol));
+    std::stable_sort(bucket.begin(), bucket.end(),
+                     [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+    any_ = true;
+  }
+
+  // Length of the longest symbol that prefixes `w` (*found = true), else of w's first UTF-8 character.
+  size_t PrefixMatch(std::string_view w, bool* found) const {
+    if (any_) {
+      for (const std::string& s : by_first_byte_[static_cast<unsigned char>(w[0])]) {
+        if (w.substr(0, s.size()) == s) {
+          *found = true;
+          return s.size();
+        }
+      }
+    }
+    *found = false;
+    return std::min(w.size(), OneCharLen(w.data()));
+  }
+
+ private:
+  std::array<std::vector<std::string>, 256> by_first_byte_;
+  bool any_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// sentencepiece's normalizer::Normalizer (Normalize without the byte alignment, which nothing here needs).
+class Normalizer {
+ public:
+  absl::Status Init(const spm::NormalizerSpec& spec, bool treat_whitespace_as_suffix, const PrefixMatcher* matcher,
+                    const std::string& origin, const char* what) {
+    add_dummy_prefix_ = spec.add_dummy_prefix();
+    remove_extra_whitespaces_ = spec.remove_extra_whitespaces();
+    escape_whitespaces_ = spec.escape_whitespaces();
+    treat_whitespace_as_suffix_ = treat_whitespace_as_suffix;
+    matcher_ = matcher;
+    const std::string& blob = spec.precompiled_charsmap();
+    if (blob.empty()) return absl::OkStatus();
+    // Layout: uint32 little-endian trie size | trie units | NUL-separated replacement strings.
+    if (blob.size() <= 4) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(origin, ": ", what, " '", spec.name(), "': precompiled_charsmap is too short (", blob.size(),
+                       " bytes)"));
+    }
+    const auto* p = reinterpret_cast<const unsigned char*>(blob.data());
+    const uint32_t trie_size =
+        uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
+    if (trie_size > blob.size() - 4) {
+      return absl::InvalidArgumentError(absl::StrCat(origin, ": ", what, " '", spec.name(),
+                                                     "': precompiled_charsmap trie size ", trie_size,
+                                                     " exceeds the blob (", blob.size(), " bytes)"));
+    }
+    pool_.assign(blob, 4 + trie_size, std::string::npos);
+    trie_.Assign(std::string_view(blob).substr(4, trie_size));
+    if (trie_.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(origin, ": ", what, " '", spec.name(), "': precompiled_charsmap has an empty trie"));
+    }
+    return absl::OkStatus();
+  }
+
+  bool has_charsmap() const { return !trie_.empty(); }
+
+  std::string Normalize(std::string_view input) const {
+    std::string out;
+    if (input.empty()) return out;
+    if (remove_extra_whitespaces_) {  // drop leading spaces (after normalisation)
+      while (!input.empty()) {
+        const auto [sp, consumed] = NormalizePrefix(input);
+        if (sp != " ") break;
+        input.remove_prefix(consumed);
+      }
+    }
+    if (input.empty()) return out;
+    out.reserve(input.size() * 3);
+    const std::string_view space = escape_whitespaces_ ? kSpaceSymbol : std::string_view(" ");
+    if (!treat_whitespace_as_suffix_ && add_dummy_prefix_) out.append(space);
+    bool is_prev_space = remove_extra_whitespaces_;
+    while (!input.empty()) {
+      auto [sp, consumed] = NormalizePrefix(input);
+      if (is_prev_space) {
+        while (!sp.empty() && sp[0] == ' ') sp.remove_prefix(1);
+      }
+      if (!sp.empty()) {
+        for (char c : sp) {
+          if (escape_whitespaces_ && c == ' ') {
+            out.append(kSpaceSymbol);
+          } else {
+            out.push_back(c);
+          }
+        }
+        is_prev_space = sp.back() == ' ';
+      }
+      input.remove_prefix(consumed);
+      if (!remove_extra_whitespaces_) is_prev_space = false;
+    }
+    if (remove_extra_whitespaces_) {  // drop trailing spaces
+      while (out.size() >= space.size() && std::string_view(out).substr(out.size() - space.size()) == space) {
+        out.resize(out.size() - space.size());
+      }
+    }
+    if (treat_whitespace_as_suffix_ && add_dummy_prefix_) out.append(space);
+    return out;
+  }
+
+ private:
+  // Normalises the longest rule-covered prefix of a non-empty `input`: {replacement, bytes consumed}.
+  std::pair<std::string_view, size_t> NormalizePrefix(std::string_view input) const {
+    if (matcher_ != nullptr) {
+      bool found = false;
+      const size_t len = matcher_->PrefixMatch(input, &found);
+      if (found) return {input.substr(0, len), len};
+    }
+    if (!trie_.empty()) {
+      std::array<DoubleArray::Match, kMaxTrieResults> matches;
+      const size_t n = std::min(trie_.CommonPrefixSearch(input, matches.data(), matches.size()), matches.size());
+      if (n > 0) {
+        const DoubleArray::Match& m = matches[n - 1];  // the longest (matches come shortest first)
+        std::string_view replacement;
+        if (m.value < pool_.size()) {
+          replacement = std::string_view(pool_).substr(m.value);
+          replacement = replacement.substr(0, replacement.find('\0'));
+        }
+        return {replacement, m.length};
+      }
+    }
+    size_t len = 0;
+    if (!IsValidDecodeUtf8(input, &len)) return {kReplacementChar, 1};  // one malformed byte -> U+FFFD
+    return {input.substr(0, len), len};
+  }
+
+  bool add_dummy_prefix_ = true;
+  bool remove_extra_whitespaces_ = true;
+  bool escape_whitespaces_ = true;
+  bool treat_whitespace_as_suffix_ = false;
+  const PrefixMatcher* matcher_ = nullptr;
+  DoubleArray trie_;
+  std::string pool_;
+};
+
+const char* ModelTypeName(int t) {
+  switch (t) {
+    case spm::TrainerSpec::UNIGRAM: return "UNIGRAM";
+    case spm::TrainerSpec::BPE: return "BPE";
+    case spm::TrainerSpec::WORD: return "WORD";
+    case spm::TrainerSpec::CHAR: return "CHAR";
+    default: return "unknown";
+  }
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR) {
+      return absl::NotFoundError(absl::StrCat("tokenizer model ", path, ": no such file"));
+    }
+    return absl::PermissionDeniedError(absl::StrCat("tokenizer model ", path, ": ", std::strerror(err)));
+  }
+  if (S_ISDIR(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat("tokenizer model ", path, ": is a directory, not a file"));
+  }
+  std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!f) {
+    const int err = errno;
+    return absl::PermissionDeniedError(absl::StrCat("tokenizer model ", path, ": cannot open: ", std::strerror(err)));
+  }
+  std::string data;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), f.get())) > 0) data.append(buf, n);
+  if (std::ferror(f.get())) return absl::DataLossError(absl::StrCat("tokenizer model ", path, ": read error"));
+  return data;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+struct SentencePieceTokenizer::Impl {
+  std::string origin;
+  std::string digest;
+  std::string normalizer_name;
+
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+  std::vector<PieceType> types;
+  PieceMap normal;    // NORMAL, USER_DEFINED, UNUSED: what BPE may produce
+  PieceMap reserved;  // UNKNOWN, CONTROL, BYTE
+  std::array<int32_t, 256> byte_ids{};
+  PrefixMatcher user_defined;
+  Normalizer normalizer;
+  Normalizer denormalizer;
+  bool has_denormalizer = false;
+
+  int32_t unk = -1, bos = -1, eos = -1, pad = -1;
+  bool byte_fallback = false;
+  bool add_dummy_prefix = true;
+  bool remove_extra_whitespaces = true;
+  bool treat_whitespace_as_suffix = false;
+  std::string unk_surface;
+
+  int32_t PieceToId(std::string_view piece) const {
+    if (auto it = reserved.find(piece); it != reserved.end()) return it->second;
+    if (auto it = normal.find(piece); it != normal.end()) return it->second;
+    return unk;
+  }
+  PieceType Type(int32_t id) const { return types[static_cast<size_t>(id)]; }
+
+  // bpe::Model::Encode on normalised text: (piece, id) in order; id is unk for pieces outside the vocabulary.
+  std::vector<std::pair<std::string_view, int32_t>> Segment(std::string_view normalized) const;
+  // SentencePieceProcessor's conversion of segments to ids (byte fallback, unk runs merged).
+  void AppendIds(const std::vector<std::pair<std::string_view, int32_t>>& segments, std::vector<int32_t>* ids) const;
+};
+
+std::vector<std::pair<std::string_view, int32_t>> SentencePieceTokenizer::Impl::Segment(
+    std::string_view normalized) const {
+  struct Symbol {
+    int prev;
+    int next;
+    bool freeze;  // a user-defined symbol: never merged
+    std::string_view piece;
+  };
+  struct Candidate {
+    float score;
+    int left;
+    int right;
+    size_t size;  // bytes of the merged piece; detects candidates made stale by other merges
+  };
+  struct Lower {  // priority: higher score first, then smaller left index
+    bool operator()(const Candidate& a, const Candidate& b) const {
+      return a.score < b.score || (a.score == b.score && a.left > b.left);
+    }
+  };
+
+  std::vector<Symbol> symbols;
+  symbols.reserve(normalized.size());
+  for (std::string_view rest = normalized; !rest.empty();) {
+    Symbol s{};
+    const size_t len = user_defined.PrefixMatch(rest, &s.freeze);
+    s.piece = rest.substr(0, len);
+    const int index = static_cast<int>(symbols.size());
+    s.prev = index - 1;
+    rest.remove_prefix(len);
+    s.next = rest.empty() ? -1 : index + 1;
+    symbols.push_back(s);
+  }
+  if (symbols.empty()) return {};
+
+  std::priority_queue<Candidate, std::vector<Candidate>, Lower> agenda;
+  // For UNUSED merge results: the two pieces they were formed from (last formation wins, as upstream).
+  std::unordered_map<std::string_view, std::pair<std::string_view, std::string_view>> unused_parts;
+
+  auto maybe_add = [&](int left, int right) {
+    if (left == -1 || right == -1 || symbols[left].freeze || symbols[right].freeze) return;
+    const std::string_view merged(symbols[left].piece.data(), symbols[left].piece.size() + symbols[right].piece.size());
+    const auto it = normal.find(merged);
+    if (it == normal.end()) return;
+    agenda.push(Candidate{scores[it->second], left, right, merged.size()});
+    if (types[it->second] == PieceType::kUnused) unused_parts[merged] = {symbols[left].piece, symbols[right].piece};
+  };
+
+  for (size_t i = 1; i < symbols.size(); ++i) maybe_add(static_cast<int>(i) - 1, static_cast<int>(i));
+
+  while (!agenda.empty()) {
+    const Candidate top = agenda.top();
+    agenda.pop();
+    Symbol& l = symbols[top.left];
+    Symbol& r = symbols[top.right];
+    if (l.piece.empty() || r.piece.empty() || l.piece.size() + r.piece.size() != top.size) continue;  // stale
+    l.piece = std::string_view(l.piece.data(), l.piece.size() + r.piece.size());
+    l.next = r.next;
+    if (r.next >= 0) symbols[r.next].prev = top.left;
+    r.piece = std::string_view();
+    maybe_add(l.prev, top.left);
+    maybe_add(top.left, l.next);
+  }
+
+  std::vector<std::pair<std::string_view, int32_t>> out;
+  std::function<void(std::string_view)> emit = [&](std::string_view w) {
+    const int32_t id = PieceToId(w);
+    if (id >= 0 && types[id] == PieceType::kUnused) {
+      if (auto it = unused_parts.find(w); it != unused_parts.end()) {
+        emit(it->second.first);
+        emit(it->second.second);
+        return;
+      }
+    }
+    out.emplace_back(w, id);
+  };
+  for (int i = 0; i != -1; i = symbols[i].next) emit(symbols[i].piece);
+  return out;
+}
+
+void SentencePieceTokenizer::Impl::AppendIds(const std::vector<std::pair<std::string_view, int32_t>>& segments,
+                                             std::vector<int32_t>* ids) const {
+  bool prev_unknown = false;
+  for (const auto& [w, id] : segments) {
+    const PieceType type = Type(id);
+    const bool unknown = type == PieceType::kUnknown;
+    if (type == PieceType::kControl) {
+      ids->push_back(id);
+    } else if (unknown && byte_fallback) {
+      for (char c : w) ids->push_back(byte_ids[static_cast<unsigned char>(c)]);
+    } else if (!(unknown && prev_unknown)) {  // a run of unknown pieces is one <unk>
+      ids->push_back(id);
+    }
+    prev_unknown = unknown;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+absl::StatusOr<std::shared_ptr<const SentencePieceTokenizer>> SentencePieceTokenizer::Create(
+    std::string_view serialized, std::string_view origin_view) {
+  const std::string origin(origin_view);
+  auto bad = [&](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat(origin, ": ", parts...));
+  };
+  if (serialized.empty()) return bad("empty file, not a SentencePiece model");
+  if (serialized.size() > static_cast<size_t>(INT_MAX)) return bad("file too large (", serialized.size(), " bytes)");
+
+  spm::ModelProto proto;
+  if (!proto.ParseFromArray(serialized.data(), static_cast<int>(serialized.size()))) {
+    return bad("not a SentencePiece model (protobuf ModelProto parse failed: garbage or truncated file, ",
+               serialized.size(), " bytes)");
+  }
+  if (proto.pieces_size() == 0) return bad("not a SentencePiece model or truncated: it has no pieces");
+  if (!proto.has_trainer_spec()) return bad("not a SentencePiece model or truncated: no trainer_spec");
+  if (!proto.has_normalizer_spec()) return bad("not a SentencePiece model or truncated: no normalizer_spec");
+  const spm::TrainerSpec& trainer = proto.trainer_spec();
+  if (trainer.model_type() != spm::TrainerSpec::BPE) {
+    return absl::UnimplementedError(absl::StrCat(origin, ": model_type ", ModelTypeName(trainer.model_type()),
+                                                 " is not supported; only BPE models (like Llama-2's) are"));
+  }
+
+  auto impl = std::make_unique<Impl>();
+  impl->origin = origin;
+  impl->digest = util::Sha256Hex(serialized);
+  impl->normalizer_name = proto.normalizer_spec().name();
+  impl->byte_fallback = trainer.byte_fallback();
+  impl->add_dummy_prefix = proto.normalizer_spec().add_dummy_prefix();
+  impl->remove_extra_whitespaces = proto.normalizer_spec().remove_extra_whitespaces();
+  impl->treat_whitespace_as_suffix = trainer.treat_whitespace_as_suffix();
+  impl->unk_surface = trainer.unk_surface();
+  impl->byte_ids.fill(-1);
+
+  const int n = proto.pieces_size();
+  impl->pieces.reserve(n);
+  impl->scores.reserve(n);
+  impl->types.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    const auto& p = proto.pieces(i);
+    const std::string& piece = p.piece();
+    if (piece.empty()) return bad("piece ", i, " is empty");
+    const auto type = static_cast<PieceType>(p.type());
+    const bool normal = type == PieceType::kNormal || type == PieceType::kUserDefined || type == PieceType::kUnused;
+    PieceMap& map = normal ? impl->normal : impl->reserved;
+    if (auto [it, inserted] = map.emplace(piece, i); !inserted) {
+      return bad("piece \"", Printable(piece), "\" (id ", i, ") is already defined as id ", it->second);
+    }
+    switch (type) {
+      case PieceType::kUserDefined:
+        impl->user_defined.Add(piece);
+        break;
+      case PieceType::kUnknown:
+        if (impl->unk >= 0) return bad("a second unknown piece \"", Printable(piece), "\" (id ", i, ")");
+        impl->unk = i;
+        break;
+      case PieceType::kByte: {
+        if (!trainer.byte_fallback()) {
+          return bad("byte piece \"", Printable(piece), "\" (id ", i, ") although byte_fallback is false");
+        }
+        const int b = PieceToByte(piece);
+        if (b < 0) return bad("byte piece \"", Printable(piece), "\" (id ", i, ") is not of the form <0xNN>");
+        impl->byte_ids[b] = i;
+        break;
+      }
+      default:
+        break;
+    }
+    impl->pieces.push_back(piece);
+    impl->scores.push_back(p.score());
+    impl->types.push_back(type);
+  }
+  if (impl->unk < 0) return bad("no unknown (<unk>) piece");
+  if (impl->byte_fallback) {
+    for (int b = 0; b < 256; ++b) {
+      if (impl->byte_ids[b] < 0) return bad("byte_fallback is true but byte piece ", ByteToPiece(b), " is missing");
+    }
+  }
+  // Like SentencePieceProcessor::bos_id() etc.: the id of the named piece when it is a CONTROL piece, else -1.
+  auto control_id = [&](const std::string& piece) -> int32_t {
+    const int32_t id = impl->PieceToId(piece);
+    return impl->types[id] == PieceType::kControl ? id : -1;
+  };
+  impl->bos = control_id(trainer.bos_piece());
+  impl->eos = control_id(trainer.eos_piece());
+  impl->pad = control_id(trainer.pad_piece());
+
+  if (auto st = impl->normalizer.Init(proto.normalizer_spec(), trainer.treat_whitespace_as_suffix(),
+                                      &impl->user_defined, origin, "normalizer");
+      !st.ok()) {
+    return st;
+  }
+  if (proto.has_denormalizer_spec() && !proto.denormalizer_spec().precompiled_charsmap().empty()) {
+    if (auto st = impl->denormalizer.Init(proto.denormalizer_spec(), false, nullptr, origin, "denormalizer");
+        !st.ok()) {
+      return st;
+    }
+    impl->has_denormalizer = true;
+  }
+  return std::shared_ptr<const SentencePieceTokenizer>(new SentencePieceTokenizer(std::move(impl)));
+}
+
+SentencePieceTokenizer::SentencePieceTokenizer(std::unique_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+SentencePieceTokenizer::~SentencePieceTokenizer() = default;
+
+std::string SentencePieceTokenizer::Normalize(std::string_view text) const {
+  return impl_->normalizer.Normalize(text);
+}
+
+std::vector<int32_t> SentencePieceTokenizer::Encode(std::string_view text, bool add_bos) const {
+  std::vector<int32_t> ids;
+  if (add_bos && impl_->bos >= 0) ids.push_back(impl_->bos);
+  const std::string normalized = impl_->normalizer.Normalize(text);
+  if (normalized.empty()) return ids;
+  ids.reserve(ids.size() + normalized.size() / 2 + 1);
+  impl_->AppendIds(impl_->Segment(normalized), &ids);
+  return ids;
+}
+
+std::vector<std::string> SentencePieceTokenizer::EncodeAsPieces(std::string_view text) const {
+  std::vector<std::string> out;
+  for (int32_t id : Encode(text, /*add_bos=*/false)) out.push_back(impl_->pieces[id]);
+  return out;
+}
+
+absl::StatusOr<std::string> SentencePieceTokenizer::DecodeImpl(const std::vector<int32_t>& ids, bool strict) const {
+  const Impl& m = *impl_;
+  std::string text;
+  std::string bytes;  // pending run of byte pieces
+
+  auto flush_bytes = [&]() {
+    size_t offset = 0;
+    while (offset < bytes.size()) {
+      size_t len = 0;
+      if (IsValidDecodeUtf8(std::string_view(bytes).substr(offset), &len)) {
+        text.append(bytes, offset, len);
+      } else {
+        text.append(kReplacementChar);
+      }
+      offset += len;
+    }
+    bytes.clear();
+  };
+
+  bool is_bos_ws = true;      // the next piece may carry the dummy-prefix space to drop
+  bool bos_ws_seen = false;   // a piece already gave up its leading "▁"
+  const bool strips_prefix = m.add_dummy_prefix || m.remove_extra_whitespaces;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const int32_t id = ids[i];
+    if (id < 0 || id >= static_cast<int32_t>(m.pieces.size())) {
+      if (strict) {
+        return absl::OutOfRangeError(absl::StrCat(m.origin, ": id ", id, " at position ", i,
+                                                  " is outside the vocabulary [0, ", m.pieces.size(), ")"));
+      }
+      flush_bytes();
+      if (bos_ws_seen || !text.empty()) is_bos_ws = false;
+      bos_ws_seen = false;
+      text.append(m.unk_surface);
+      continue;
+    }
+    const PieceType type = m.Type(id);
+    if (type == PieceType::kByte) {
+      bytes.push_back(static_cast<char>(PieceToByte(m.pieces[id])));
+      continue;
+    }
+    flush_bytes();
+    if (bos_ws_seen || !text.empty()) is_bos_ws = false;
+    bos_ws_seen = false;
+    if (type == PieceType::kControl) continue;
+    if (type == PieceType::kUnknown) {
+      text.append(m.unk_surface);
+      continue;
+    }
+    std::string_view piece = m.pieces[id];
+    if (is_bos_ws && strips_prefix && piece.substr(0, kSpaceSymbol.size()) == kSpaceSymbol) {
+      piece.remove_prefix(kSpaceSymbol.size());
+      // With remove_extra_whitespaces every leading "▁" goes until some text appears; otherwise only one.
+      bos_ws_seen = !m.remove_extra_whitespaces;
+    }
+    for (size_t pos = 0; pos < piece.size();) {
+      if (piece.substr(pos, kSpaceSymbol.size()) == kSpaceSymbol) {
+        text.push_back(' ');
+        pos += kSpaceSymbol.size();
+      } else {
+        text.push_back(piece[pos++]);
+      }
+    }
+  }
+  flush_bytes();
+  if (m.has_denormalizer) text = m.denormalizer.Normalize(text);
+  return text;
+}
+
+std::string SentencePieceTokenizer::Decode(const std::vector<int32_t>& ids) const {
+  return *DecodeImpl(ids, /*strict=*/false);
+}
+absl::StatusOr<std::string> SentencePieceTokenizer::TryDecode(const std::vector<int32_t>& ids) const {
+  return DecodeImpl(ids, /*strict=*/true);
+}
+
+std::string SentencePieceTokenizer::IdToPiece(int32_t id) const {
+  if (id < 0 || id >= vocab_size()) return "";
+  return impl_->pieces[id];
+}
+int32_t SentencePieceTokenizer::PieceToId(std::string_view piece) const { return impl_->PieceToId(piece); }
+int32_t SentencePieceTokenizer::vocab_size() const { return static_cast<int32_t>(impl_->pieces.size()); }
+int32_t SentencePieceTokenizer::bos_id() const { return impl_->bos; }
+int32_t SentencePieceTokenizer::eos_id() const { return impl_->eos; }
+int32_t SentencePieceTokenizer::unk_id() const { return impl_->unk; }
+int32_t SentencePieceTokenizer::pad_id() const { return impl_->pad; }
+bool SentencePieceTokenizer::IsControl(int32_t id) const {
+  return id >= 0 && id < vocab_size() && impl_->Type(id) == PieceType::kControl;
+}
+const std::string& SentencePieceTokenizer::digest() const { return impl_->digest; }
+PieceType SentencePieceTokenizer::piece_type(int32_t id) const {
+  return id >= 0 && id < vocab_size() ? impl_->Type(id) : PieceType::kUnknown;
+}
+float SentencePieceTokenizer::piece_score(int32_t id) const {
+  return id >= 0 && id < vocab_size() ? impl_->scores[id] : 0.0f;
+}
+const std::string& SentencePieceTokenizer::origin() const { return impl_->origin; }
+const std::string& SentencePieceTokenizer::normalizer_name() const { return impl_->normalizer_name; }
+bool SentencePieceTokenizer::has_charsmap() const { return impl_->normalizer.has_charsmap(); }
+bool SentencePieceTokenizer::add_dummy_prefix() const { return impl_->add_dummy_prefix; }
+bool SentencePieceTokenizer::remove_extra_whitespaces() const { return impl_->remove_extra_whitespaces; }
+bool SentencePieceTokenizer::byte_fallback() const { return impl_->byte_fallback; }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tokenizer: factories and the generic defaults of the added members.
+
+absl::StatusOr<std::shared_ptr<const Tokenizer>> Tokenizer::LoadFromSerialized(std::string_view serialized,
+                                                                               std::string_view origin) {
+  auto tok = SentencePieceTokenizer::Create(serialized, origin);
+  if (!tok.ok()) return tok.status();
+  return std::shared_ptr<const Tokenizer>(*std::move(tok));
+}
+
+absl::StatusOr<std::shared_ptr<const Tokenizer>> Tokenizer::Load(const std::string& path) {
+  auto data = ReadFile(path);
+  if (!data.ok()) return data.status();
+  return LoadFromSerialized(*data, path);
+}
+
+absl::StatusOr<std::shared_ptr<const Tokenizer>> Tokenizer::LoadFromDir(const std::string& model_dir) {
+  std::string path = model_dir;
+  if (path.empty()) path = ".";
+  if (path.back() != '/') path += '/';
+  return Load(path + "tokenizer.model");
+}
+
+std::vector<std::string> Tokenizer::EncodeAsPieces(std::string_view text) const {
+  std::vector<std::string> out;
+  for (int32_t id : Encode(text, /*add_bos=*/false)) out.push_back(IdToPiece(id));
+  return out;
+}
+
+absl::StatusOr<std::string> Tokenizer::TryDecode(const std::vector<int32_t>& ids) const {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab_size()) {
+      return absl::OutOfRangeError(
+          absl::StrCat("id ", ids[i], " at position ", i, " is outside the vocabulary [0, ", vocab_size(), ")"));
+    }
+  }
+  return Decode(ids);
+}
+
+int32_t Tokenizer::PieceToId(std::string_view piece) const {
+  for (int32_t id = 0; id < vocab_size(); ++id) {
+    if (IdToPiece(id) == piece) return id;
+  }
+  return unk_id();
+}
+
+}  // namespace sinkscope::tokenizer
