@@ -45,7 +45,8 @@ FIXED_TEXTS = [
     "zero\u200bwidth", "soft\u00adhyphen", "a" * 1000, "Pneumonoultramicroscopicsilicovolcanoconiosis" * 20,
     "ab" * 500, " ".join(["the"] * 300), "<s>", "</s>", "<unk>", "<pad>", "<0x41>", "<s>hello</s>", "<tool>",
     "<tool_call>x</tool_call>", "use <tool> and @@ and <ctrl>", "@@@", "[MASK] fill", "MiXeD CaSe WoRdS",
-    "don't won't can't I'm you're", "e-mail: someone@example.com, https://example.org/path?q=1&r=2",
+    "don't won't can't I'm you're", "aaa", "eee", "sss", "ooo", "lll", "ttt", "aaaaaaa", "a aaa aaaaa", "hmmm",
+    "zzz", "ssss", "eeeee", "Mississippi", "bookkeeper", "oooooooooooooooooooooooooooooooooooooooooooooooooooooooooooooo", "e-mail: someone@example.com, https://example.org/path?q=1&r=2",
 ]
 
 # Byte strings that are not valid UTF-8 (the normaliser turns each malformed byte into U+FFFD).
