@@ -76,7 +76,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
     else
       spdlog::error("no model could be loaded; health stays NOT_SERVING");
   });
-  if (opts.wait_for_models) s->registry_->WaitLoaded();
+  if (opts.wait_for_models) s->health_thread_.join();  // models loaded, health and gauges set
   return s;
 }
 
