@@ -188,6 +188,9 @@ struct ModelSummary {
   std::string weights_digest, tokenizer_digest, dtype, device;
   int32_t num_prompts = 0;
   int64_t num_tokens = 0;
+  // Forward passes run for this model (baseline + identify + intervention passes); engine-side addition, not in
+  // the v1 proto (tests and benches use it to check the planner: one baseline forward per prompt).
+  int32_t num_forward_passes = 0;
 };
 struct Summary {
   std::vector<ModelSummary> models;

@@ -1,0 +1,148 @@
+// Streaming activation statistics; definitions in activation_stats.h. Compiled through analyses_unity.cc.
+#include "common/analysis/activation_stats.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+
+namespace sinkscope::analysis {
+
+std::vector<std::string> ExpandHooks(const std::vector<std::string>& hooks, int64_t n_layers) {
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  auto add = [&](std::string s) {
+    if (seen.insert(s).second) out.push_back(std::move(s));
+  };
+  for (const std::string& h : hooks) {
+    if (h.find("{L}") == std::string::npos) {
+      add(h);
+      continue;
+    }
+    for (int64_t l = 0; l < n_layers; ++l) add(absl::StrReplaceAll(h, {{"{L}", absl::StrCat(l)}}));
+  }
+  return out;
+}
+
+namespace activation_stats_internal {
+
+// Streaming statistics of one (hook, position class).
+struct Acc {
+  int64_t count = 0;
+  double mean = 0, m2 = 0, max_abs = 0;
+  int64_t rows = 0;
+  double norm_sum = 0, norm_max = 0;
+  at::Tensor abs_sum;  // [F] float64, CPU
+
+  void MergeMoments(int64_t nb, double mb, double m2b) {
+    if (nb == 0) return;
+    const int64_t n = count + nb;
+    const double delta = mb - mean;
+    mean += delta * static_cast<double>(nb) / static_cast<double>(n);
+    m2 += m2b + delta * delta * static_cast<double>(count) * static_cast<double>(nb) / static_cast<double>(n);
+    count = n;
+  }
+  void Merge(const Acc& o) {
+    MergeMoments(o.count, o.mean, o.m2);
+    max_abs = std::max(max_abs, o.max_abs);
+    rows += o.rows;
+    norm_sum += o.norm_sum;
+    norm_max = std::max(norm_max, o.norm_max);
+    if (o.abs_sum.defined()) abs_sum = abs_sum.defined() ? abs_sum + o.abs_sum : o.abs_sum.clone();
+  }
+  // Adds rows x [n, F] (any dtype/device).
+  void AddRows(const at::Tensor& x) {
+    const int64_t R = x.size(0), F = std::max<int64_t>(1, x.size(1));
+    const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 21) / F);
+    for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+      at::Tensor xd = x.narrow(0, r0, std::min(chunk, R - r0)).to(at::kDouble);
+      const int64_t nb = xd.numel();
+      if (nb == 0) continue;
+      const double mb = xd.mean().item<double>();
+      const double m2b = (xd - mb).pow(2).sum().item<double>();
+      MergeMoments(nb, mb, m2b);
+      at::Tensor a = xd.abs();
+      max_abs = std::max(max_abs, a.max().item<double>());
+      at::Tensor norms = xd.pow(2).sum(1).sqrt();
+      rows += xd.size(0);
+      norm_sum += norms.sum().item<double>();
+      norm_max = std::max(norm_max, norms.max().item<double>());
+      at::Tensor as = a.sum(0).cpu();
+      abs_sum = abs_sum.defined() ? abs_sum + as : as;
+    }
+  }
+  job::ActivationStatsEntry Entry(const std::string& hook, job::PositionClass pc, int32_t top_k) const {
+    job::ActivationStatsEntry e;
+    e.hook = hook;
+    e.positions = pc;
+    e.count = count;
+    e.mean = mean;
+    e.std = count > 0 ? std::sqrt(std::max(0.0, m2 / static_cast<double>(count))) : 0.0;
+    e.max_abs = max_abs;
+    e.mean_norm = rows > 0 ? norm_sum / static_cast<double>(rows) : 0.0;
+    e.max_norm = norm_max;
+    if (abs_sum.defined() && rows > 0) {
+      at::Tensor m = abs_sum / static_cast<double>(rows);
+      const int64_t k = std::min<int64_t>(top_k, m.numel());
+      auto [vals, idx] = m.topk(k);
+      for (int64_t j = 0; j < k; ++j) {
+        e.top_dims.push_back(static_cast<int32_t>(idx[j].item<int64_t>()));
+        e.top_values.push_back(vals[j].item<double>());
+      }
+    }
+    return e;
+  }
+};
+
+class ActivationStats final : public LayerAnalysis {
+ public:
+  ActivationStats(const job::ActivationStatsSpec& spec, const ModelDims& dims)
+      : spec_(spec), dims_(dims), hooks_(ExpandHooks(spec.hooks, dims.n_layers)), bos_(hooks_.size()),
+        rest_(hooks_.size()) {}
+
+  void Register(const PromptCtx&, model::HookSet* hooks) override {
+    for (size_t i = 0; i < hooks_.size(); ++i)
+      hooks->Observe(hooks_[i], [this, i](const model::HookPoint&, const at::Tensor& x) {
+        const int64_t T = x.size(0);
+        at::Tensor x2 = x.reshape({T, -1});
+        bos_[i].AddRows(x2.narrow(0, 0, 1));
+        if (T > 1) rest_[i].AddRows(x2.narrow(0, 1, T - 1));
+      });
+  }
+
+  bool HasModelLevel() const override {
+    for (const auto& h : hooks_)
+      if (LayerOfHook(h) < 0) return true;
+    return false;
+  }
+
+  void Fill(int32_t layer, job::LayerResult* out) const override {
+    for (size_t i = 0; i < hooks_.size(); ++i) {
+      if (LayerOfHook(hooks_[i]) != layer) continue;
+      Acc all = bos_[i];
+      if (all.abs_sum.defined()) all.abs_sum = all.abs_sum.clone();
+      all.Merge(rest_[i]);
+      out->activation_stats.push_back(bos_[i].Entry(hooks_[i], job::PositionClass::kBos, spec_.top_k));
+      out->activation_stats.push_back(rest_[i].Entry(hooks_[i], job::PositionClass::kRest, spec_.top_k));
+      out->activation_stats.push_back(all.Entry(hooks_[i], job::PositionClass::kAll, spec_.top_k));
+    }
+  }
+
+ private:
+  job::ActivationStatsSpec spec_;
+  ModelDims dims_;
+  std::vector<std::string> hooks_;
+  std::vector<Acc> bos_, rest_;
+};
+
+}  // namespace activation_stats_internal
+
+std::unique_ptr<LayerAnalysis> MakeActivationStats(const job::ActivationStatsSpec& spec, const ModelDims& dims) {
+  return std::make_unique<activation_stats_internal::ActivationStats>(spec, dims);
+}
+
+}  // namespace sinkscope::analysis

@@ -1,0 +1,97 @@
+// Common pieces of the analyses: model geometry, the per-prompt context, the LayerAnalysis interface every
+// observational metric implements, and float64 accumulators (mean ± population std over prompts, Gini).
+//
+// How an analysis works (docs/analyses.md): for every prompt the runner builds a fresh model::HookSet, asks each
+// analysis to Register() its observers, and runs ONE forward. Observers reduce the activation they see to a few
+// numbers at once (per layer, per head) and merge them into per-layer accumulators, so nothing of a prompt's
+// activations outlives its layer, and memory does not grow with the number of prompts. After the last prompt's
+// forward has passed layer l, Fill(l) produces that layer's result (mean ± population std over prompts, ddof 0 as
+// the study's np.std).
+//
+// Only <ATen/core/Tensor.h> (cheap) is included here; the tensor math lives in the analysis .cc files.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "common/job/job_spec.h"
+#include "common/model/config.h"
+#include "common/model/hooks.h"
+
+namespace sinkscope::analysis {
+
+// Model geometry needed by the analyses (from config.json).
+struct ModelDims {
+  int64_t n_layers = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, d_model = 0, d_mlp = 0, vocab = 0;
+  bool rope = false;
+  static ModelDims From(const model::LlamaConfig& c);
+};
+
+// The prompt being processed: its index among the job's prompts and its length T (BOS included).
+struct PromptCtx {
+  int32_t index = 0;
+  int64_t T = 0;
+};
+
+// "blocks.{layer}.{suffix}", e.g. LayerHook(3, "attn.hook_q") = "blocks.3.attn.hook_q".
+std::string LayerHook(int64_t layer, std::string_view suffix);
+// Hook suffixes that carry a per-head [T, heads, head_dim] tensor (hook_q/k/v/rot_q/rot_k/z).
+bool IsPerHeadHook(std::string_view hook_name);
+// Number of heads of a per-head hook (n_heads for q/rot_q/z, n_kv_heads for k/v/rot_k); 0 for other hooks.
+int64_t HeadsOfHook(std::string_view hook_name, const ModelDims& d);
+// Size of the last (feature) dimension of a hook's activation: head_dim for per-head hooks, d_mlp for
+// mlp.hook_post, d_model otherwise; 0 for hook_pattern (no feature axis).
+int64_t FeatureDimOfHook(std::string_view hook_name, const ModelDims& d);
+// Layer of a valid hook name: L for "blocks.L.*", -1 for hook_embed / ln_final.hook_normalized.
+int64_t LayerOfHook(std::string_view hook_name);
+
+// Welford accumulator in float64: mean and population std (ddof 0) of a scalar over prompts.
+class StatAcc {
+ public:
+  void Add(double x);
+  int32_t n() const { return n_; }
+  double mean() const { return mean_; }
+  double std() const;
+  job::Stat Get() const { return job::Stat{mean_, std(), n_}; }
+
+ private:
+  int32_t n_ = 0;
+  double mean_ = 0, m2_ = 0;
+};
+
+// Gini coefficient of non-negative values, in float64 (the study computed it in fp16 and overflowed, seed §4.6):
+//   x sorted ascending, i = 1..n:  G = 2·Σ i·x_i / (n·Σ x_i) − (n+1)/n ;  G = 0 when Σ x_i = 0.
+double Gini(std::vector<double> values);
+
+// One observational metric over all prompts of one model.
+class LayerAnalysis {
+ public:
+  virtual ~LayerAnalysis() = default;
+  // Adds the observers for the forward of prompt `p` to `hooks`. Called once per prompt, in order.
+  virtual void Register(const PromptCtx& p, model::HookSet* hooks) = 0;
+  // Called after prompt `p`'s forward returned successfully (per-prompt totals over layers, ...).
+  virtual void EndPrompt(const PromptCtx& p) {}
+  // True if layer `layer`'s numbers only exist after the whole forward (last layer read after the final norm).
+  virtual bool LastLayerAfterFinalNorm() const { return false; }
+  // Fills this analysis' part of the result of `layer` (-1 = model-level hooks); call after the last prompt has
+  // passed that layer.
+  virtual void Fill(int32_t layer, job::LayerResult* out) const = 0;
+  // Whether the analysis emits a result for model-level hooks (layer -1).
+  virtual bool HasModelLevel() const { return false; }
+  // Per-model scalar metrics for the job summary (names as in docs/analyses.md).
+  virtual void Summarize(std::map<std::string, double>* metrics) const {}
+  // First error an observer ran into (observers cannot return one); checked by the runner after each forward.
+  absl::Status status() const { return status_; }
+
+ protected:
+  absl::Status status_;
+};
+
+}  // namespace sinkscope::analysis

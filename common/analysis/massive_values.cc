@@ -1,0 +1,135 @@
+// Massive values; formulas in massive_values.h. Compiled through analyses_unity.cc.
+#include "common/analysis/massive_values.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+namespace sinkscope::analysis {
+
+at::Tensor NormMatrix(const at::Tensor& x) {
+  const int64_t T = x.size(0);
+  const int64_t per_row = std::max<int64_t>(1, x.numel() / std::max<int64_t>(T, 1));
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 21) / per_row);  // ≤ 16 MiB of float64 at a time
+  at::Tensor sq;
+  for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+    const int64_t n = std::min(chunk, T - t0);
+    at::Tensor part = x.narrow(0, t0, n).to(at::kDouble).pow(2).sum(0);
+    sq = sq.defined() ? sq + part : part;
+  }
+  return sq.sqrt();
+}
+
+double MassiveThreshold(const at::Tensor& M, double lambda) { return lambda * M.mean().item<double>(); }
+
+at::Tensor MassiveMask(const at::Tensor& M, double lambda, job::ThresholdScope scope) {
+  if (scope == job::ThresholdScope::kHead) return M > M.mean({1}, /*keepdim=*/true) * lambda;
+  return M > M.mean() * lambda;
+}
+
+namespace massive_values_internal {
+
+const char* HookSuffix(job::QkvTensor t, bool post_rotary) {
+  switch (t) {
+    case job::QkvTensor::kQ: return post_rotary ? "attn.hook_rot_q" : "attn.hook_q";
+    case job::QkvTensor::kK: return post_rotary ? "attn.hook_rot_k" : "attn.hook_k";
+    case job::QkvTensor::kV: return "attn.hook_v";
+  }
+  return "attn.hook_v";
+}
+
+class MassiveValues final : public LayerAnalysis {
+ public:
+  MassiveValues(const job::MassiveValuesSpec& spec, const ModelDims& dims) : spec_(spec), dims_(dims) {
+    for (job::QkvTensor t : spec.tensors)
+      if (std::find(tensors_.begin(), tensors_.end(), t) == tensors_.end()) tensors_.push_back(t);
+    per_.resize(tensors_.size());
+    for (auto& pt : per_) {
+      pt.layers.resize(dims.n_layers);
+    }
+  }
+
+  void Register(const PromptCtx& p, model::HookSet* hooks) override {
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      per_[i].prompt_total = 0;
+      for (int64_t l = 0; l < dims_.n_layers; ++l)
+        hooks->Observe(LayerHook(l, HookSuffix(tensors_[i], spec_.post_rotary)),
+                       [this, i, l](const model::HookPoint&, const at::Tensor& x) { Observe(i, l, x); });
+    }
+  }
+
+  void EndPrompt(const PromptCtx&) override {
+    for (auto& pt : per_) pt.total.Add(static_cast<double>(pt.prompt_total));
+  }
+
+  void Fill(int32_t layer, job::LayerResult* out) const override {
+    if (layer < 0) return;
+    job::MassiveValuesLayer r;
+    r.lambda = spec_.lambda;
+    r.post_rotary = spec_.post_rotary;
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      const Layer& L = per_[i].layers[layer];
+      job::MassiveValuesTensor t;
+      t.tensor = tensors_[i];
+      t.count = L.count.Get();
+      t.threshold = L.threshold.mean();
+      t.gini = L.gini.mean();
+      if (L.m_sum.defined() && L.count.n() > 0) {
+        at::Tensor mean = (L.m_sum / static_cast<double>(L.count.n())).flatten();
+        const int64_t k = std::min<int64_t>(spec_.top_k, mean.numel());
+        auto [vals, idx] = mean.topk(k);
+        const int64_t D = L.m_sum.size(1);
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t f = idx[j].item<int64_t>();
+          t.top.push_back(job::DimEntry{static_cast<int32_t>(f / D), static_cast<int32_t>(f % D), vals[j].item<double>()});
+        }
+      }
+      r.tensors.push_back(std::move(t));
+    }
+    out->massive_values = std::move(r);
+  }
+
+  void Summarize(std::map<std::string, double>* m) const override {
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      const std::string base = std::string("massive_values.") + job::Name(tensors_[i]);
+      (*m)[base + ".total"] = per_[i].total.mean();
+      (*m)[base + ".total_std"] = per_[i].total.std();
+    }
+  }
+
+ private:
+  struct Layer {
+    StatAcc count, threshold, gini;
+    at::Tensor m_sum;  // Σ over prompts of M, [H, D] float64 on the CPU
+  };
+  struct PerTensor {
+    std::vector<Layer> layers;
+    StatAcc total;
+    int64_t prompt_total = 0;
+  };
+
+  void Observe(size_t i, int64_t l, const at::Tensor& x) {
+    at::Tensor M = NormMatrix(x).cpu();
+    const int64_t count = MassiveMask(M, spec_.lambda, spec_.scope).sum().item<int64_t>();
+    Layer& L = per_[i].layers[l];
+    L.count.Add(static_cast<double>(count));
+    L.threshold.Add(MassiveThreshold(M, spec_.lambda));
+    at::Tensor flat = M.flatten().contiguous();
+    L.gini.Add(Gini(std::vector<double>(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel())));
+    L.m_sum = L.m_sum.defined() ? L.m_sum + M : M.clone();
+    per_[i].prompt_total += count;
+  }
+
+  job::MassiveValuesSpec spec_;
+  ModelDims dims_;
+  std::vector<job::QkvTensor> tensors_;
+  std::vector<PerTensor> per_;
+};
+
+}  // namespace massive_values_internal
+
+std::unique_ptr<LayerAnalysis> MakeMassiveValues(const job::MassiveValuesSpec& spec, const ModelDims& dims) {
+  return std::make_unique<massive_values_internal::MassiveValues>(spec, dims);
+}
+
+}  // namespace sinkscope::analysis

@@ -1,0 +1,31 @@
+// Matrix (representation) entropy of the residual stream (Queipo-style as the study; seed-spec §3.4.1, §6, §4.3).
+//
+//   X = blocks.l.hook_resid_post ∈ R^{T×d} in float64 (ln_final.hook_normalized for the last layer with
+//       final_norm_last_layer, as residual_stats.h)
+//   λ_1 ≥ … ≥ λ_T  eigenvalues of the UNCENTRED Gram matrix X Xᵀ (eigvalsh, float64, clamped ≥ 0; computed from
+//                  the d×d XᵀX when T > d — same non-zero spectrum)
+//   F   = ‖X‖²_F = Σ_j λ_j
+//   p_j = max(λ_j / F, 1e-10)                       (the study's clamp; each zero eigenvalue adds 2.3e-9 nats)
+//   H   = −Σ_{j=1}^{T} p_j ln p_j                   (nats, Shannon; NOT normalised, as the study)
+//   anisotropy = p_1
+//   normalized = H / ln(min(T, d))                  (only when requested; 0 when min(T, d) = 1)
+//   degenerate F < 1e-10: H = 0, anisotropy = 1     (the study's fallback)
+// Per layer over prompts: mean ± population std. Summary: "entropy.min", "entropy.min_layer" (of the per-layer
+// means), "anisotropy.max".
+#pragma once
+
+#include <memory>
+
+#include "common/analysis/analysis.h"
+
+namespace sinkscope::analysis {
+
+struct EntropyStats {
+  double entropy = 0, anisotropy = 1, normalized = 0;
+};
+// x: [T, d] any float dtype.
+EntropyStats ComputeMatrixEntropy(const at::Tensor& x);
+
+std::unique_ptr<LayerAnalysis> MakeMatrixEntropy(const job::MatrixEntropySpec& spec, const ModelDims& dims);
+
+}  // namespace sinkscope::analysis

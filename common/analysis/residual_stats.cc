@@ -1,0 +1,123 @@
+// Residual-stream BOS statistics; formulas in residual_stats.h. Compiled through analyses_unity.cc.
+#include "common/analysis/residual_stats.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+namespace sinkscope::analysis {
+
+at::Tensor RowNorms(const at::Tensor& x) {
+  const int64_t T = x.size(0);
+  at::Tensor x2 = x.reshape({T, -1});
+  const int64_t F = std::max<int64_t>(1, x2.size(1));
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 21) / F);
+  std::vector<at::Tensor> parts;
+  for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+    const int64_t n = std::min(chunk, T - t0);
+    parts.push_back(x2.narrow(0, t0, n).to(at::kDouble).pow(2).sum(1).sqrt());
+  }
+  return parts.size() == 1 ? parts[0] : at::cat(parts, 0);
+}
+
+BosStats ComputeBosStats(const at::Tensor& x) {
+  at::Tensor n = RowNorms(x).cpu().contiguous();
+  const double* p = n.data_ptr<double>();
+  const int64_t T = n.numel();
+  BosStats s;
+  s.bos_norm = p[0];
+  if (T > 1) {
+    double sum = 0;
+    for (int64_t t = 1; t < T; ++t) sum += p[t];
+    s.mean_other_norm = sum / static_cast<double>(T - 1);
+    s.ratio = s.bos_norm / (s.mean_other_norm + 1e-8);
+  }
+  return s;
+}
+
+namespace residual_stats_internal {
+
+class Impl final : public ResidualStats {
+ public:
+  Impl(const job::ResidualStatsSpec& spec, const ModelDims& dims, bool emit)
+      : spec_(spec), dims_(dims), emit_(emit), layers_(dims.n_layers) {}
+
+  void Register(const PromptCtx&, model::HookSet* hooks) override {
+    hooks->Observe("hook_embed", [this](const model::HookPoint&, const at::Tensor& x) {
+      embed_.Add(RowNorms(x.narrow(0, 0, 1)).item<double>());
+    });
+    for (int64_t l = 0; l < dims_.n_layers; ++l) {
+      const bool final_norm = spec_.final_norm_last_layer && l == dims_.n_layers - 1;
+      hooks->Observe(final_norm ? std::string("ln_final.hook_normalized") : LayerHook(l, "hook_resid_post"),
+                     [this, l](const model::HookPoint&, const at::Tensor& x) {
+                       const BosStats s = ComputeBosStats(x);
+                       layers_[l].bos.Add(s.bos_norm);
+                       layers_[l].other.Add(s.mean_other_norm);
+                       layers_[l].ratio.Add(s.ratio);
+                     });
+    }
+  }
+
+  bool LastLayerAfterFinalNorm() const override { return spec_.final_norm_last_layer; }
+
+  void Fill(int32_t layer, job::LayerResult* out) const override {
+    if (!emit_ || layer < 0) return;
+    job::ResidualStatsLayer r;
+    r.bos_norm = layers_[layer].bos.Get();
+    r.mean_other_norm = layers_[layer].other.Get();
+    r.ratio = layers_[layer].ratio.Get();
+    r.post_final_norm = spec_.final_norm_last_layer && layer == dims_.n_layers - 1;
+    out->residual_stats = std::move(r);
+  }
+
+  int32_t SpikeLayer(job::SpikeRule rule) const override {
+    if (layers_.empty() || layers_[0].bos.n() == 0) return -1;
+    int32_t best = 0;
+    double best_v = -std::numeric_limits<double>::infinity();
+    for (int32_t l = 0; l < static_cast<int32_t>(layers_.size()); ++l) {
+      double v;
+      if (rule == job::SpikeRule::kArgmaxRatio) {
+        v = layers_[l].ratio.mean();
+      } else {
+        const double prev = l == 0 ? embed_.mean() : layers_[l - 1].bos.mean();
+        v = layers_[l].bos.mean() - prev;
+      }
+      if (v > best_v) best_v = v, best = l;  // first maximum wins, like np.argmax
+    }
+    return best;
+  }
+
+  void Summarize(std::map<std::string, double>* m) const override {
+    if (layers_.empty() || layers_[0].bos.n() == 0) return;
+    (*m)["bos_spike_layer.argmax_ratio"] = SpikeLayer(job::SpikeRule::kArgmaxRatio);
+    (*m)["bos_spike_layer.argmax_jump"] = SpikeLayer(job::SpikeRule::kArgmaxJump);
+    if (!emit_) return;
+    int32_t peak = 0, rpeak = 0;
+    for (int32_t l = 1; l < static_cast<int32_t>(layers_.size()); ++l) {
+      if (layers_[l].bos.mean() > layers_[peak].bos.mean()) peak = l;
+      if (layers_[l].ratio.mean() > layers_[rpeak].ratio.mean()) rpeak = l;
+    }
+    (*m)["bos_norm.peak"] = layers_[peak].bos.mean();
+    (*m)["bos_norm.peak_layer"] = peak;
+    (*m)["bos_ratio.peak"] = layers_[rpeak].ratio.mean();
+  }
+
+ private:
+  struct Layer {
+    StatAcc bos, other, ratio;
+  };
+  job::ResidualStatsSpec spec_;
+  ModelDims dims_;
+  bool emit_;
+  std::vector<Layer> layers_;
+  StatAcc embed_;
+};
+
+}  // namespace residual_stats_internal
+
+std::unique_ptr<ResidualStats> MakeResidualStats(const job::ResidualStatsSpec& spec, const ModelDims& dims,
+                                                 bool emit) {
+  return std::make_unique<residual_stats_internal::Impl>(spec, dims, emit);
+}
+
+}  // namespace sinkscope::analysis

@@ -1,0 +1,129 @@
+// Attention sink rate; formulas in sink_rate.h. Compiled through analyses_unity.cc.
+#include "common/analysis/sink_rate.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+
+namespace sinkscope::analysis {
+namespace sink_rate_internal {
+
+class SinkRate final : public LayerAnalysis {
+ public:
+  SinkRate(const job::SinkRateSpec& spec, const ModelDims& dims)
+      : spec_(spec), dims_(dims), rate_(dims.n_layers), head_sum_(dims.n_layers, std::vector<double>(dims.n_heads)),
+        head_n_(dims.n_layers, 0) {}
+
+  void Register(const PromptCtx& p, model::HookSet* hooks) override {
+    const bool exclude = spec_.query_rows == job::QueryRows::kExcludeBos;
+    for (int64_t l = 0; l < dims_.n_layers; ++l) {
+      if (spec_.source == job::AttentionSource::kModel) {
+        hooks->Observe(LayerHook(l, "attn.hook_pattern"), [this, l, p, exclude](const model::HookPoint& hp,
+                                                                               const at::Tensor& P) {
+          // P: [H, tq, T] float32, query rows [q_offset, q_offset + tq).
+          if (hp.q_offset == 0) {
+            cur_sum_.assign(dims_.n_heads, 0.0);
+            cur_rows_ = 0;
+          }
+          const int64_t tq = P.size(1);
+          at::Tensor col0 = P.select(2, 0);  // [H, tq]
+          if (exclude && hp.q_offset == 0) col0 = col0.narrow(1, 1, tq - 1);
+          if (col0.size(1) > 0) {
+            at::Tensor s = col0.to(at::kDouble).sum(1).cpu().contiguous();
+            const double* ps = s.data_ptr<double>();
+            for (int64_t h = 0; h < dims_.n_heads; ++h) cur_sum_[h] += ps[h];
+            cur_rows_ += col0.size(1);
+          }
+          if (hp.q_offset + tq == p.T) Finish(l);
+        });
+      } else {
+        hooks->Observe(LayerHook(l, "attn.hook_q"),
+                       [this](const model::HookPoint&, const at::Tensor& q) { q_ = q; });  // not modified later
+        hooks->Observe(LayerHook(l, "attn.hook_k"), [this, l, exclude](const model::HookPoint&, const at::Tensor& k) {
+          int64_t rows = 0;
+          at::Tensor s = PreRotaryBosAttentionSums(q_, k, exclude, &rows);
+          q_ = at::Tensor();
+          const double* ps = s.data_ptr<double>();
+          cur_sum_.assign(ps, ps + dims_.n_heads);
+          cur_rows_ = rows;
+          Finish(l);
+        });
+      }
+    }
+  }
+
+  void Fill(int32_t layer, job::LayerResult* out) const override {
+    if (layer < 0) return;
+    job::SinkRateLayer r;
+    r.sink_rate = rate_[layer].Get();
+    r.tau = spec_.tau;
+    r.head_scores.resize(dims_.n_heads, 0.0);
+    if (head_n_[layer] > 0)
+      for (int64_t h = 0; h < dims_.n_heads; ++h) r.head_scores[h] = head_sum_[layer][h] / head_n_[layer];
+    out->sink_rate = std::move(r);
+  }
+
+  void Summarize(std::map<std::string, double>* m) const override {
+    double sum = 0;
+    int n = 0;
+    for (const auto& r : rate_)
+      if (r.n() > 0) sum += r.mean(), ++n;
+    (*m)["sink_rate.mean"] = n > 0 ? sum / n : 0.0;
+  }
+
+ private:
+  void Finish(int64_t l) {
+    if (cur_rows_ == 0) return;  // T = 1 with EXCLUDE_BOS: no query rows
+    int64_t sinks = 0;
+    for (int64_t h = 0; h < dims_.n_heads; ++h) {
+      const double score = cur_sum_[h] / static_cast<double>(cur_rows_);
+      head_sum_[l][h] += score;
+      if (score >= spec_.tau) ++sinks;
+    }
+    ++head_n_[l];
+    rate_[l].Add(static_cast<double>(sinks) / static_cast<double>(dims_.n_heads));
+  }
+
+  job::SinkRateSpec spec_;
+  ModelDims dims_;
+  std::vector<StatAcc> rate_;
+  std::vector<std::vector<double>> head_sum_;
+  std::vector<int64_t> head_n_;
+  // Current prompt, current layer.
+  std::vector<double> cur_sum_;
+  int64_t cur_rows_ = 0;
+  at::Tensor q_;
+};
+
+}  // namespace sink_rate_internal
+
+std::unique_ptr<LayerAnalysis> MakeSinkRate(const job::SinkRateSpec& spec, const ModelDims& dims) {
+  return std::make_unique<sink_rate_internal::SinkRate>(spec, dims);
+}
+
+at::Tensor PreRotaryBosAttentionSums(const at::Tensor& q, const at::Tensor& k, bool exclude_bos, int64_t* rows) {
+  const int64_t T = q.size(0), H = q.size(1), hd = q.size(2), Hkv = k.size(1), rep = H / Hkv;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));  // the study's 128^-0.5 for Llama-2-7B
+  at::Tensor qf = q.to(at::kFloat).permute({1, 0, 2});              // [H, T, hd]
+  at::Tensor kf = k.to(at::kFloat).permute({1, 2, 0});              // [Hkv, hd, T]
+  if (rep > 1) kf = kf.unsqueeze(1).expand({Hkv, rep, hd, T}).reshape({H, hd, T});
+  kf = kf.contiguous();
+  const int64_t start = exclude_bos ? 1 : 0;
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, H * T));
+  auto ilong = at::TensorOptions().dtype(at::kLong).device(q.device());
+  at::Tensor sums = at::zeros({H}, at::TensorOptions().dtype(at::kDouble).device(q.device()));
+  for (int64_t q0 = start; q0 < T; q0 += chunk) {
+    const int64_t q1 = std::min(q0 + chunk, T), tq = q1 - q0;
+    at::Tensor s = at::bmm(qf.narrow(1, q0, tq), kf.narrow(2, 0, q1)) * scale;  // [H, tq, q1] fp32
+    at::Tensor mask = at::arange(q1, ilong).unsqueeze(0) > at::arange(q0, q1, ilong).unsqueeze(1);
+    s = s.masked_fill(mask, -std::numeric_limits<float>::infinity());
+    sums += at::softmax(s, -1).select(2, 0).to(at::kDouble).sum(1);
+  }
+  *rows = std::max<int64_t>(0, T - start);
+  return sums.cpu().contiguous();
+}
+
+}  // namespace sinkscope::analysis
