@@ -277,8 +277,8 @@ absl::StatusOr<ForwardResult> ForwardImpl(const LlamaConfig& cfg, const LlamaWei
     if (r.logits.defined()) {
       r.target_nll = -at::log_softmax(r.logits.narrow(0, 0, T - 1), -1).gather(1, targets).squeeze(1);
     } else {
-      // Rows in chunks so that at most ~16M logits (64 MiB fp32) exist at once.
-      const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 24) / cfg.vocab_size);
+      // Rows in chunks so that at most ~4M logits (16 MiB fp32) exist at once (131 rows for V=32000).
+      const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 22) / cfg.vocab_size);
       std::vector<at::Tensor> parts;
       for (int64_t r0 = 0; r0 < T - 1; r0 += rows) {
         const int64_t n = std::min(rows, T - 1 - r0);
