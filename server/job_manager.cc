@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "server/convert.h"
 
 namespace sinkscope::server {
@@ -381,7 +382,7 @@ void JobManager::RunOne(const std::shared_ptr<Record>& rec) {
     }
     handles.push_back(*std::move(h));
   }
-  absl::StatusOr<job::Summary> summary = st;
+  absl::StatusOr<job::Summary> summary = st.ok() ? absl::InternalError("job did not run") : st;
   if (st.ok()) {
     Sink sink([this, rec](v1::JobEvent ev) {
       {

@@ -59,7 +59,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
   health->SetServingStatus(false);  // NOT_SERVING until the models are loaded
   spdlog::info("sinkscoped {} listening on {}:{} ({} compute threads, torch {})", kVersion, s->host_, s->port_,
                threads, model::TorchVersion());
-  if (s->metrics_->port() > 0) spdlog::info("metrics on http://{}/metrics", opts.metrics_listen);
+  if (s->metrics_->port() > 0) spdlog::info("metrics on http://{}:{}/metrics",
+                                           opts.metrics_listen.substr(0, opts.metrics_listen.rfind(':')),
+                                           s->metrics_->port());
 
   s->registry_->StartLoading();
   s->jobs_->Start();
@@ -87,7 +89,7 @@ void Server::Shutdown(double grace_seconds) {
   shut_down_ = true;
   spdlog::info("shutting down");
   if (grpc_) grpc_->GetHealthCheckService()->SetServingStatus(false);
-  jobs_->Shutdown();  // cancels jobs so streams end with Finished{CANCELLED}
+  if (jobs_) jobs_->Shutdown();  // cancels jobs so streams end with Finished{CANCELLED}
   if (grpc_) {
     grpc_->Shutdown(std::chrono::system_clock::now() +
                     std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000)));
