@@ -74,12 +74,6 @@ absl::Status ValidateInputs(const Inputs& in, const std::string& where, const st
   if (sources > 1) return Invalid(where, "more than one source set (texts, token_ids, dataset)");
   if (in.max_prompts < 0) return Invalid(where + ".max_prompts", absl::StrCat(in.max_prompts, " < 0"));
   int64_t n = 0;
-  const bool needs_tokenizer = !in.texts.empty() || !in.dataset.empty();
-  if (needs_tokenizer)
-    for (size_t m = 0; m < models.size(); ++m)
-      if (!models[m].tokenizer)
-        return absl::FailedPreconditionError(absl::StrCat(where, ": model ", models[m].name,
-                                                          " has no tokenizer; use token_ids inputs"));
   if (!in.texts.empty()) {
     for (size_t i = 0; i < in.texts.size(); ++i)
       if (in.texts[i].empty()) return Invalid(absl::StrCat(where, ".texts[", i, "]"), "empty text");
@@ -102,6 +96,11 @@ absl::Status ValidateInputs(const Inputs& in, const std::string& where, const st
     if (!d.ok()) return absl::Status(d.status().code(), absl::StrCat(where, ".dataset: ", d.status().message()));
     n = static_cast<int64_t>(d->prompts.size());
   }
+  if (!in.texts.empty() || !in.dataset.empty())
+    for (const ModelHandle& mh : models)
+      if (!mh.tokenizer)
+        return absl::FailedPreconditionError(
+            absl::StrCat(where, ": model ", mh.name, " has no tokenizer; use token_ids inputs"));
   if (in.max_prompts > 0) n = std::min<int64_t>(n, in.max_prompts);
   if (n > limits.max_prompts)
     return Invalid(where, absl::StrCat(n, " prompts exceed the limit max_prompts=", limits.max_prompts,
