@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <limits>
 
 namespace sinkscope::analysis {
 
@@ -12,7 +13,11 @@ EntropyStats ComputeMatrixEntropy(const at::Tensor& x_in) {
   const int64_t T = x.size(0), d = x.size(1);
   EntropyStats s;
   const double F = x.pow(2).sum().item<double>();
-  if (!(F >= 1e-10)) return s;  // study: (0, 1); NaN/inf inputs land here too
+  if (!std::isfinite(F)) {  // NaN/inf activations: report them, never a plausible-looking number
+    s.entropy = s.anisotropy = s.normalized = std::numeric_limits<double>::quiet_NaN();
+    return s;
+  }
+  if (F < 1e-10) return s;  // the study's fallback for a degenerate X: (0, 1)
   at::Tensor gram = T <= d ? at::mm(x, x.t()) : at::mm(x.t(), x);
   at::Tensor ev = at::linalg_eigvalsh(gram).clamp_min(0).cpu().contiguous();  // ascending
   const double* e = ev.data_ptr<double>();

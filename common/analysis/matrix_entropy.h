@@ -9,7 +9,7 @@
 //   H   = −Σ_{j=1}^{T} p_j ln p_j                   (nats, Shannon; NOT normalised, as the study)
 //   anisotropy = p_1
 //   normalized = H / ln(min(T, d))                  (only when requested; 0 when min(T, d) = 1)
-//   degenerate F < 1e-10: H = 0, anisotropy = 1     (the study's fallback)
+//   degenerate F < 1e-10: H = 0, anisotropy = 1     (the study's fallback); non-finite X: NaN (not hidden)
 // Per layer over prompts: mean ± population std. Summary: "entropy.min", "entropy.min_layer" (of the per-layer
 // means), "anisotropy.max".
 #pragma once

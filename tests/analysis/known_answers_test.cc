@@ -252,6 +252,30 @@ TEST(KnownAnswers, KnownGramSpectrumGivesKnownEntropy) {
   }
 }
 
+TEST(KnownAnswers, DegenerateAndNonFiniteInputs) {
+  const double nan = std::nan("");
+  auto z = Reduce({{0, 0, 0}, {0, 0, 0}});
+  EXPECT_EQ(z.entropy, 0.0);  // the study's fallback for X = 0
+  EXPECT_EQ(z.anisotropy, 1.0);
+  auto n = Reduce({{1, 0, 0}, {0, static_cast<float>(nan), 0}});
+  EXPECT_TRUE(std::isnan(n.entropy));  // NaN activations are reported, not hidden behind (0, 1)
+  EXPECT_TRUE(std::isnan(n.anisotropy));
+  EXPECT_TRUE(std::isnan(n.mean_other_norm));
+  auto one = Reduce({{3, 4}});  // T = 1: one eigenvalue, ratio 1 (study), normalised entropy 0
+  EXPECT_NEAR(one.entropy, 0.0, 1e-15);
+  EXPECT_EQ(one.anisotropy, 1.0);
+  EXPECT_EQ(one.normalized, 0.0);
+  EXPECT_EQ(one.bos_norm, 5.0);
+  EXPECT_EQ(one.mean_other_norm, 0.0);
+  EXPECT_EQ(one.ratio, 1.0);
+  auto two = Reduce({{3, 4}, {0, 2}});  // Gram [[25, 8], [8, 4]]: eigenvalues (29 ± sqrt(21² + 256))/2
+  const double d = std::sqrt(21.0 * 21.0 + 4 * 64.0), l1 = (29 + d) / 2, l2 = (29 - d) / 2;
+  EXPECT_NEAR(two.entropy, -(l1 / 29 * std::log(l1 / 29) + l2 / 29 * std::log(l2 / 29)), 1e-12);
+  EXPECT_NEAR(two.anisotropy, l1 / 29, 1e-12);
+  EXPECT_NEAR(two.normalized, two.entropy / std::log(2.0), 1e-12);
+  EXPECT_NEAR(two.ratio, 5.0 / (2.0 + 1e-8), 1e-12);
+}
+
 TEST(KnownAnswers, ResidualNormsAndFinalNormSwitch) {
   auto m = OrthogonalEmbeddingModel(false);
   for (bool final_norm : {false, true}) {

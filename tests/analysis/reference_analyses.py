@@ -374,6 +374,11 @@ def analyse(model, spec):
     ppl["qk_layers"] = len(masks)
     ppl["qk_zero"] = perplexity(model, prompts, disruption_edits(masks))
     ppl["qk_controls"] = [perplexity(model, prompts, disruption_edits(random_masks(masks, s))) for s in qk["seeds"]]
+
+    def idx(mask_dict):
+        return {str(l): {t: m[t].nonzero().flatten().tolist() for t in ("q", "k")} for l, m in mask_dict.items()}
+    out["qk_masks"] = idx(masks)
+    out["qk_control_masks"] = {str(s): idx(random_masks(masks, s)) for s in qk["seeds"]}
     ppl["qk_mean"] = perplexity(model, prompts, disruption_edits(masks, mean=True))
     id_masks = identify(model, spec["identify_prompts"], L, qk["lambda"])
     ppl["qk_identify_dims"] = int(sum(int(m["q"].sum()) + int(m["k"].sum()) for m in id_masks.values()))

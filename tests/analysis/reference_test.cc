@@ -12,6 +12,8 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "common/analysis/interventions.h"
+#include "common/model/llama.h"
 #include "nlohmann/json.hpp"
 #include "tests/analysis/recording_sink.h"
 #include "tests/analysis/test_models.h"
@@ -383,6 +385,34 @@ TEST_F(Reference, PerplexityAndEveryIntervention) {
     const auto& ctrl = F->a.Ppl(m, "qk_zero")->control_perplexities;
     ASSERT_EQ(ctrl.size(), 2u);
     for (int s = 0; s < 2; ++s) Near(ctrl[s], r["qk_controls"][s], absl::StrCat(m, " control seed ", 42 + s));
+  }
+}
+
+TEST_F(Reference, RandomControlMasksAreTorchManualSeedRandperm) {
+  // Feed the python identification to the engine's control generator; the masks must be identical to
+  // torch.manual_seed(seed) + torch.randperm(F)[:n] per kept layer, q then k.
+  for (const auto& mh : F->models) {
+    const json& r = F->ref[mh.name];
+    const analysis::ModelDims dims = analysis::ModelDims::From(mh.model->config());
+    analysis::QkMasks masks;
+    masks.q.resize(kLayers);
+    masks.k.resize(kLayers);
+    for (int l = 0; l < kLayers; ++l) {
+      const std::string key = std::to_string(l);
+      if (!r["qk_masks"].contains(key)) continue;
+      masks.q[l] = r["qk_masks"][key]["q"].get<std::vector<int64_t>>();
+      masks.k[l] = r["qk_masks"][key]["k"].get<std::vector<int64_t>>();
+      masks.kept_layers.push_back(l);
+    }
+    ASSERT_FALSE(masks.kept_layers.empty());
+    for (uint64_t seed : {42, 43}) {
+      const analysis::QkMasks c = analysis::RandomControlMasks(masks, dims, seed);
+      const json& want = r["qk_control_masks"][std::to_string(seed)];
+      for (int64_t l : masks.kept_layers) {
+        EXPECT_EQ(c.q[l], want[std::to_string(l)]["q"].get<std::vector<int64_t>>()) << mh.name << " seed " << seed;
+        EXPECT_EQ(c.k[l], want[std::to_string(l)]["k"].get<std::vector<int64_t>>()) << mh.name << " seed " << seed;
+      }
+    }
   }
 }
 

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <filesystem>
 
+#include "common/analysis/matrix_entropy.h"
+#include "common/analysis/residual_stats.h"
 #include "common/model/llama.h"
 #include "common/tokenizer/tokenizer.h"
 
@@ -174,6 +176,16 @@ job::ModelHandle RandomModel(bool rope, uint64_t seed, int64_t zero_mlp_layer, c
     L.down_proj = l == zero_mlp_layer ? at::zeros({d, I}, F32()) : rng.randn({d, I}, 1.0 / std::sqrt(static_cast<double>(I)));
   }
   return Wrap(c, std::move(w), name);
+}
+
+Reductions Reduce(const std::vector<std::vector<float>>& rows) {
+  const int64_t T = static_cast<int64_t>(rows.size()), F = static_cast<int64_t>(rows[0].size());
+  at::Tensor x = at::empty({T, F}, F32());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t f = 0; f < F; ++f) x[t][f] = rows[t][f];
+  const auto e = analysis::ComputeMatrixEntropy(x);
+  const auto b = analysis::ComputeBosStats(x);
+  return {e.entropy, e.anisotropy, e.normalized, b.bos_norm, b.mean_other_norm, b.ratio};
 }
 
 job::ModelHandle LoadHandle(const std::string& dir, const std::string& name) {
