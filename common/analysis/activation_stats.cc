@@ -101,7 +101,10 @@ struct Acc {
 class ActivationStats final : public LayerAnalysis {
  public:
   ActivationStats(const job::ActivationStatsSpec& spec, const ModelDims& dims)
-      : spec_(spec), dims_(dims), hooks_(ExpandHooks(spec.hooks, dims.n_layers)), bos_(hooks_.size()),
+      : spec_(spec),
+        dims_(dims),
+        hooks_(ExpandHooks(spec.hooks, dims.n_layers)),
+        bos_(hooks_.size()),
         rest_(hooks_.size()) {}
 
   void Register(const PromptCtx&, model::HookSet* hooks) override {

@@ -22,20 +22,20 @@ ModelDims ModelDims::From(const model::LlamaConfig& c) {
   return d;
 }
 
-std::string LayerHook(int64_t layer, std::string_view suffix) { return absl::StrCat("blocks.", layer, ".", std::string(suffix)); }
+std::string LayerHook(int64_t layer, std::string_view suffix) {
+  return absl::StrCat("blocks.", layer, ".", std::string(suffix));
+}
 
 bool IsPerHeadHook(std::string_view h) {
-  for (const char* s : {"attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k",
-                        "attn.hook_z"})
+  for (const char* s :
+       {"attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_z"})
     if (h.ends_with(s)) return true;
   return false;
 }
 
 int64_t HeadsOfHook(std::string_view h, const ModelDims& d) {
-  if (h.ends_with("attn.hook_q") || h.ends_with("attn.hook_rot_q") || h.ends_with("attn.hook_z"))
-    return d.n_heads;
-  if (h.ends_with("attn.hook_k") || h.ends_with("attn.hook_v") || h.ends_with("attn.hook_rot_k"))
-    return d.n_kv_heads;
+  if (h.ends_with("attn.hook_q") || h.ends_with("attn.hook_rot_q") || h.ends_with("attn.hook_z")) return d.n_heads;
+  if (h.ends_with("attn.hook_k") || h.ends_with("attn.hook_v") || h.ends_with("attn.hook_rot_k")) return d.n_kv_heads;
   return 0;
 }
 

@@ -88,8 +88,10 @@ QkMasks QkIdentifier::Masks(double lambda, job::ThresholdScope scope) const {
   m.k.resize(dims_.n_layers);
   if (n_prompts_ == 0) return m;
   for (int64_t l = 0; l < dims_.n_layers; ++l) {
-    if (q_sum_[l].defined()) m.q[l] = interventions_internal::ToIndices(MassiveMask(MeanNorms(l, false), lambda, scope).flatten());
-    if (k_sum_[l].defined()) m.k[l] = interventions_internal::ToIndices(MassiveMask(MeanNorms(l, true), lambda, scope).flatten());
+    if (q_sum_[l].defined())
+      m.q[l] = interventions_internal::ToIndices(MassiveMask(MeanNorms(l, false), lambda, scope).flatten());
+    if (k_sum_[l].defined())
+      m.k[l] = interventions_internal::ToIndices(MassiveMask(MeanNorms(l, true), lambda, scope).flatten());
     if (!m.q[l].empty() || !m.k[l].empty()) m.kept_layers.push_back(l);
   }
   return m;
@@ -116,11 +118,12 @@ QkMasks RandomControlMasks(const QkMasks& m, const ModelDims& dims, uint64_t see
   return r;
 }
 
-void AddQkDisruption(const QkMasks& m, job::Replacement replacement, bool use_q, bool use_k,
-                     model::HookSet* hooks) {
+void AddQkDisruption(const QkMasks& m, job::Replacement replacement, bool use_q, bool use_k, model::HookSet* hooks) {
   for (size_t l = 0; l < m.q.size(); ++l) {
-    if (use_q && !m.q[l].empty()) hooks->Intervene(LayerHook(l, "attn.hook_q"), interventions_internal::DimEdit(m.q[l], replacement));
-    if (use_k && !m.k[l].empty()) hooks->Intervene(LayerHook(l, "attn.hook_k"), interventions_internal::DimEdit(m.k[l], replacement));
+    if (use_q && !m.q[l].empty())
+      hooks->Intervene(LayerHook(l, "attn.hook_q"), interventions_internal::DimEdit(m.q[l], replacement));
+    if (use_k && !m.k[l].empty())
+      hooks->Intervene(LayerHook(l, "attn.hook_k"), interventions_internal::DimEdit(m.k[l], replacement));
   }
 }
 
@@ -161,8 +164,7 @@ void AddHeadAblation(const job::HeadAblation& spec, const ModelDims& dims, model
   }
 }
 
-void AddActivationEdits(const std::vector<job::ActivationEdit>& edits, const ModelDims& dims,
-                        model::HookSet* hooks) {
+void AddActivationEdits(const std::vector<job::ActivationEdit>& edits, const ModelDims& dims, model::HookSet* hooks) {
   for (const job::ActivationEdit& e : edits) {
     const bool per_head = IsPerHeadHook(e.hook);
     hooks->Intervene(e.hook, [e, per_head](const model::HookPoint&, const at::Tensor& x) {
@@ -184,25 +186,36 @@ void AddActivationEdits(const std::vector<job::ActivationEdit>& edits, const Mod
       const int64_t D = x.size(-1);
       at::Tensor dim = at::ones({D}, bools);
       if (!e.dims.empty())
-        dim = at::zeros({D}, bools).index_fill_(
-            0, interventions_internal::IndexTensor(std::vector<int64_t>(e.dims.begin(), e.dims.end())).to(x.device()), true);
+        dim = at::zeros({D}, bools)
+                  .index_fill_(0,
+                               interventions_internal::IndexTensor(std::vector<int64_t>(e.dims.begin(), e.dims.end()))
+                                   .to(x.device()),
+                               true);
       at::Tensor mask;
       if (per_head) {
         const int64_t H = x.size(1);
         at::Tensor head = at::ones({H}, bools);
         if (!e.heads.empty())
-          head = at::zeros({H}, bools).index_fill_(
-              0, interventions_internal::IndexTensor(std::vector<int64_t>(e.heads.begin(), e.heads.end())).to(x.device()), true);
+          head =
+              at::zeros({H}, bools)
+                  .index_fill_(0,
+                               interventions_internal::IndexTensor(std::vector<int64_t>(e.heads.begin(), e.heads.end()))
+                                   .to(x.device()),
+                               true);
         mask = pos.view({T, 1, 1}).logical_and(head.view({1, H, 1})).logical_and(dim.view({1, 1, D}));
       } else {
         mask = pos.view({T, 1}).logical_and(dim.view({1, D}));
       }
       mask = mask.expand(x.sizes());
       switch (e.op) {
-        case job::EditOp::kZero: return x.masked_fill(mask, 0);
-        case job::EditOp::kSet: return x.masked_fill(mask, e.value);
-        case job::EditOp::kScale: return at::where(mask, x * e.value, x);
-        case job::EditOp::kAdd: return at::where(mask, x + e.value, x);
+        case job::EditOp::kZero:
+          return x.masked_fill(mask, 0);
+        case job::EditOp::kSet:
+          return x.masked_fill(mask, e.value);
+        case job::EditOp::kScale:
+          return at::where(mask, x * e.value, x);
+        case job::EditOp::kAdd:
+          return at::where(mask, x + e.value, x);
         case job::EditOp::kMean:
           return at::where(mask, x.to(at::kFloat).mean(0, /*keepdim=*/true).to(x.scalar_type()).expand(x.sizes()), x);
       }

@@ -42,7 +42,7 @@ void AddBosMlpAblation(int64_t layer, model::HookSet* hooks);
 // Selected flat dims (h·hd + d) per layer for Q and K.
 struct QkMasks {
   std::vector<std::vector<int64_t>> q, k;  // [n_layers], each sorted ascending
-  std::vector<int64_t> kept_layers;       // layers with any q or k dim, ascending
+  std::vector<int64_t> kept_layers;        // layers with any q or k dim, ascending
   int64_t count(bool use_q, bool use_k) const;
   int64_t num_layers(bool use_q, bool use_k) const;  // layers with any selected dim among the used tensors
 };
@@ -65,11 +65,9 @@ class QkIdentifier {
 
 QkMasks RandomControlMasks(const QkMasks& m, const ModelDims& dims, uint64_t seed);
 
-void AddQkDisruption(const QkMasks& m, job::Replacement replacement, bool use_q, bool use_k,
-                     model::HookSet* hooks);
+void AddQkDisruption(const QkMasks& m, job::Replacement replacement, bool use_q, bool use_k, model::HookSet* hooks);
 void AddTopPerHead(const job::TopPerHeadMeanReplacement& spec, const ModelDims& dims, model::HookSet* hooks);
 void AddHeadAblation(const job::HeadAblation& spec, const ModelDims& dims, model::HookSet* hooks);
-void AddActivationEdits(const std::vector<job::ActivationEdit>& edits, const ModelDims& dims,
-                        model::HookSet* hooks);
+void AddActivationEdits(const std::vector<job::ActivationEdit>& edits, const ModelDims& dims, model::HookSet* hooks);
 
 }  // namespace sinkscope::analysis

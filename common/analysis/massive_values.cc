@@ -31,9 +31,12 @@ namespace massive_values_internal {
 
 const char* HookSuffix(job::QkvTensor t, bool post_rotary) {
   switch (t) {
-    case job::QkvTensor::kQ: return post_rotary ? "attn.hook_rot_q" : "attn.hook_q";
-    case job::QkvTensor::kK: return post_rotary ? "attn.hook_rot_k" : "attn.hook_k";
-    case job::QkvTensor::kV: return "attn.hook_v";
+    case job::QkvTensor::kQ:
+      return post_rotary ? "attn.hook_rot_q" : "attn.hook_q";
+    case job::QkvTensor::kK:
+      return post_rotary ? "attn.hook_rot_k" : "attn.hook_k";
+    case job::QkvTensor::kV:
+      return "attn.hook_v";
   }
   return "attn.hook_v";
 }
@@ -81,7 +84,8 @@ class MassiveValues final : public LayerAnalysis {
         const int64_t D = L.m_sum.size(1);
         for (int64_t j = 0; j < k; ++j) {
           const int64_t f = idx[j].item<int64_t>();
-          t.top.push_back(job::DimEntry{static_cast<int32_t>(f / D), static_cast<int32_t>(f % D), vals[j].item<double>()});
+          t.top.push_back(
+              job::DimEntry{static_cast<int32_t>(f / D), static_cast<int32_t>(f % D), vals[j].item<double>()});
         }
       }
       r.tensors.push_back(std::move(t));

@@ -8,9 +8,9 @@
 // One accumulator per (model, condition); the runner reports baseline and every intervention (PerplexityResult).
 #pragma once
 
-#include <cstdint>
-
 #include <ATen/core/Tensor.h>
+
+#include <cstdint>
 
 namespace sinkscope::analysis {
 

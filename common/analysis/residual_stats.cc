@@ -115,8 +115,7 @@ class Impl final : public ResidualStats {
 
 }  // namespace residual_stats_internal
 
-std::unique_ptr<ResidualStats> MakeResidualStats(const job::ResidualStatsSpec& spec, const ModelDims& dims,
-                                                 bool emit) {
+std::unique_ptr<ResidualStats> MakeResidualStats(const job::ResidualStatsSpec& spec, const ModelDims& dims, bool emit) {
   return std::make_unique<residual_stats_internal::Impl>(spec, dims, emit);
 }
 

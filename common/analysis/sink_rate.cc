@@ -14,31 +14,34 @@ namespace sink_rate_internal {
 class SinkRate final : public LayerAnalysis {
  public:
   SinkRate(const job::SinkRateSpec& spec, const ModelDims& dims)
-      : spec_(spec), dims_(dims), rate_(dims.n_layers), head_sum_(dims.n_layers, std::vector<double>(dims.n_heads)),
+      : spec_(spec),
+        dims_(dims),
+        rate_(dims.n_layers),
+        head_sum_(dims.n_layers, std::vector<double>(dims.n_heads)),
         head_n_(dims.n_layers, 0) {}
 
   void Register(const PromptCtx& p, model::HookSet* hooks) override {
     const bool exclude = spec_.query_rows == job::QueryRows::kExcludeBos;
     for (int64_t l = 0; l < dims_.n_layers; ++l) {
       if (spec_.source == job::AttentionSource::kModel) {
-        hooks->Observe(LayerHook(l, "attn.hook_pattern"), [this, l, p, exclude](const model::HookPoint& hp,
-                                                                               const at::Tensor& P) {
-          // P: [H, tq, T] float32, query rows [q_offset, q_offset + tq).
-          if (hp.q_offset == 0) {
-            cur_sum_.assign(dims_.n_heads, 0.0);
-            cur_rows_ = 0;
-          }
-          const int64_t tq = P.size(1);
-          at::Tensor col0 = P.select(2, 0);  // [H, tq]
-          if (exclude && hp.q_offset == 0) col0 = col0.narrow(1, 1, tq - 1);
-          if (col0.size(1) > 0) {
-            at::Tensor s = col0.to(at::kDouble).sum(1).cpu().contiguous();
-            const double* ps = s.data_ptr<double>();
-            for (int64_t h = 0; h < dims_.n_heads; ++h) cur_sum_[h] += ps[h];
-            cur_rows_ += col0.size(1);
-          }
-          if (hp.q_offset + tq == p.T) Finish(l);
-        });
+        hooks->Observe(LayerHook(l, "attn.hook_pattern"),
+                       [this, l, p, exclude](const model::HookPoint& hp, const at::Tensor& P) {
+                         // P: [H, tq, T] float32, query rows [q_offset, q_offset + tq).
+                         if (hp.q_offset == 0) {
+                           cur_sum_.assign(dims_.n_heads, 0.0);
+                           cur_rows_ = 0;
+                         }
+                         const int64_t tq = P.size(1);
+                         at::Tensor col0 = P.select(2, 0);  // [H, tq]
+                         if (exclude && hp.q_offset == 0) col0 = col0.narrow(1, 1, tq - 1);
+                         if (col0.size(1) > 0) {
+                           at::Tensor s = col0.to(at::kDouble).sum(1).cpu().contiguous();
+                           const double* ps = s.data_ptr<double>();
+                           for (int64_t h = 0; h < dims_.n_heads; ++h) cur_sum_[h] += ps[h];
+                           cur_rows_ += col0.size(1);
+                         }
+                         if (hp.q_offset + tq == p.T) Finish(l);
+                       });
       } else {
         hooks->Observe(LayerHook(l, "attn.hook_q"),
                        [this](const model::HookPoint&, const at::Tensor& q) { q_ = q; });  // not modified later
@@ -107,8 +110,8 @@ std::unique_ptr<LayerAnalysis> MakeSinkRate(const job::SinkRateSpec& spec, const
 at::Tensor PreRotaryBosAttentionSums(const at::Tensor& q, const at::Tensor& k, bool exclude_bos, int64_t* rows) {
   const int64_t T = q.size(0), H = q.size(1), hd = q.size(2), Hkv = k.size(1), rep = H / Hkv;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));  // the study's 128^-0.5 for Llama-2-7B
-  at::Tensor qf = q.to(at::kFloat).permute({1, 0, 2});              // [H, T, hd]
-  at::Tensor kf = k.to(at::kFloat).permute({1, 2, 0});              // [Hkv, hd, T]
+  at::Tensor qf = q.to(at::kFloat).permute({1, 0, 2});            // [H, T, hd]
+  at::Tensor kf = k.to(at::kFloat).permute({1, 2, 0});            // [Hkv, hd, T]
   if (rep > 1) kf = kf.unsqueeze(1).expand({Hkv, rep, hd, T}).reshape({H, hd, T});
   kf = kf.contiguous();
   const int64_t start = exclude_bos ? 1 : 0;

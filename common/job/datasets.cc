@@ -3,9 +3,8 @@
 
 #include <filesystem>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -51,11 +50,11 @@ std::vector<Dataset> CompiledIn() {
                     Repeat("Machine learning models learn patterns from data through optimization. ", 15),
                     Repeat("Neural networks consist of layers of interconnected nodes. ", 15)},
                    kSeed + " scripts/run_disruption_rigorous.py"));
-  v.push_back(Make("study-disruption-repetitive", "Exp. 2 repetitive evaluation set (seed-spec §3.2.1)",
-                   {Repeat("The quick brown fox jumps over the lazy dog. ", 30),
-                    Repeat("Pack my box with five dozen liquor jugs. ", 30),
-                    Repeat("How vexingly quick daft zebras jump. ", 30)},
-                   kSeed + " scripts/run_disruption_rigorous.py"));
+  v.push_back(Make(
+      "study-disruption-repetitive", "Exp. 2 repetitive evaluation set (seed-spec §3.2.1)",
+      {Repeat("The quick brown fox jumps over the lazy dog. ", 30),
+       Repeat("Pack my box with five dozen liquor jugs. ", 30), Repeat("How vexingly quick daft zebras jump. ", 30)},
+      kSeed + " scripts/run_disruption_rigorous.py"));
   return v;
 }
 
@@ -74,11 +73,10 @@ constexpr FileBacked kFileBacked[] = {
 absl::StatusOr<Dataset> LoadFile(const FileBacked& fb, const std::string& data_dir) {
   const std::string path = (std::filesystem::path(data_dir) / fb.file).string();
   if (data_dir.empty())
-    return absl::NotFoundError(absl::StrCat("dataset \"", fb.name, "\" needs a datasets directory (", fb.file,
-                                            "), but none is configured"));
+    return absl::NotFoundError(
+        absl::StrCat("dataset \"", fb.name, "\" needs a datasets directory (", fb.file, "), but none is configured"));
   std::ifstream in(path, std::ios::binary);
-  if (!in)
-    return absl::NotFoundError(absl::StrCat("dataset \"", fb.name, "\": file ", path, " not found"));
+  if (!in) return absl::NotFoundError(absl::StrCat("dataset \"", fb.name, "\": file ", path, " not found"));
   std::vector<std::string> prompts;
   std::string line;
   while (std::getline(in, line)) {
@@ -115,8 +113,7 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& name, const std::string& 
   std::vector<std::string> names;
   for (const Dataset& d : CompiledIn()) names.push_back(d.name);
   for (const FileBacked& fb : kFileBacked) names.push_back(fb.name);
-  return absl::NotFoundError(
-      absl::StrCat("unknown dataset \"", name, "\" (known: ", absl::StrJoin(names, ", "), ")"));
+  return absl::NotFoundError(absl::StrCat("unknown dataset \"", name, "\" (known: ", absl::StrJoin(names, ", "), ")"));
 }
 
 }  // namespace sinkscope::job

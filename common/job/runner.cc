@@ -103,8 +103,8 @@ absl::Status ValidateInputs(const Inputs& in, const std::string& where, const st
             absl::StrCat(where, ": model ", mh.name, " has no tokenizer; use token_ids inputs"));
   if (in.max_prompts > 0) n = std::min<int64_t>(n, in.max_prompts);
   if (n > limits.max_prompts)
-    return Invalid(where, absl::StrCat(n, " prompts exceed the limit max_prompts=", limits.max_prompts,
-                                       " (set ", where, ".max_prompts to use the first N)"));
+    return Invalid(where, absl::StrCat(n, " prompts exceed the limit max_prompts=", limits.max_prompts, " (set ", where,
+                                       ".max_prompts to use the first N)"));
   return absl::OkStatus();
 }
 
@@ -167,8 +167,8 @@ absl::Status ValidateIntervention(const Intervention& iv, const std::string& whe
                   return Invalid(f + ".layer", absl::StrCat(h.heads[i].layer, " out of range [0, ", d.n_layers,
                                                             ") of model ", m.name));
                 if (h.heads[i].head < 0 || h.heads[i].head >= d.n_heads)
-                  return Invalid(f + ".head", absl::StrCat(h.heads[i].head, " out of range [0, ", d.n_heads,
-                                                           ") of model ", m.name));
+                  return Invalid(f + ".head",
+                                 absl::StrCat(h.heads[i].head, " out of range [0, ", d.n_heads, ") of model ", m.name));
               }
               return absl::OkStatus();
             });
@@ -184,16 +184,17 @@ absl::Status ValidateIntervention(const Intervention& iv, const std::string& whe
               if (!e.heads.empty() && !analysis::IsPerHeadHook(e.hook))
                 return Invalid(f + ".heads", absl::StrCat("\"", e.hook, "\" has no head axis (heads apply to ",
                                                           "hook_q/k/v/rot_q/rot_k/z)"));
-              RETURN_IF_ERROR(ForEachModel(models, [&](const ModelHandle& m, const analysis::ModelDims& d) -> absl::Status {
-                const int64_t H = analysis::HeadsOfHook(e.hook, d), D = analysis::FeatureDimOfHook(e.hook, d);
-                for (int32_t h : e.heads)
-                  if (h < 0 || h >= H)
-                    return Invalid(f + ".heads", absl::StrCat(h, " out of range [0, ", H, ") of model ", m.name));
-                for (int32_t x : e.dims)
-                  if (x < 0 || x >= D)
-                    return Invalid(f + ".dims", absl::StrCat(x, " out of range [0, ", D, ") of model ", m.name));
-                return absl::OkStatus();
-              }));
+              RETURN_IF_ERROR(
+                  ForEachModel(models, [&](const ModelHandle& m, const analysis::ModelDims& d) -> absl::Status {
+                    const int64_t H = analysis::HeadsOfHook(e.hook, d), D = analysis::FeatureDimOfHook(e.hook, d);
+                    for (int32_t h : e.heads)
+                      if (h < 0 || h >= H)
+                        return Invalid(f + ".heads", absl::StrCat(h, " out of range [0, ", H, ") of model ", m.name));
+                    for (int32_t x : e.dims)
+                      if (x < 0 || x >= D)
+                        return Invalid(f + ".dims", absl::StrCat(x, " out of range [0, ", D, ") of model ", m.name));
+                    return absl::OkStatus();
+                  }));
             }
             return absl::OkStatus();
           },
@@ -203,54 +204,55 @@ absl::Status ValidateIntervention(const Intervention& iv, const std::string& whe
 
 absl::Status ValidateAnalysis(const AnalysisSpec& a, const std::string& where, const std::vector<ModelHandle>& models,
                               const RunLimits& limits) {
-  return std::visit(
-      Overloaded{
-          [&](const SinkRateSpec& s) -> absl::Status {
-            if (!(s.tau >= 0 && s.tau <= 1)) return Invalid(where + ".sink_rate.tau", absl::StrCat(s.tau, " not in [0,1]"));
-            return absl::OkStatus();
-          },
-          [&](const MassiveValuesSpec& s) -> absl::Status {
-            if (!(s.lambda > 0) || !Finite(s.lambda))
-              return Invalid(where + ".massive_values.lambda", absl::StrCat(s.lambda, " must be > 0"));
-            if (s.tensors.empty()) return Invalid(where + ".massive_values.tensors", "empty list");
-            if (s.top_k < 1 || s.top_k > 64)
-              return Invalid(where + ".massive_values.top_k", absl::StrCat(s.top_k, " not in [1,64]"));
-            return absl::OkStatus();
-          },
-          [&](const ResidualStatsSpec&) -> absl::Status { return absl::OkStatus(); },
-          [&](const MatrixEntropySpec&) -> absl::Status { return absl::OkStatus(); },
-          [&](const PerplexitySpec& p) -> absl::Status {
-            std::set<std::string> labels;
-            for (size_t j = 0; j < p.interventions.size(); ++j) {
-              const std::string w = absl::StrCat(where, ".perplexity.interventions[", j, "]");
-              RETURN_IF_ERROR(ValidateIntervention(p.interventions[j], w, models, limits));
-              const std::string& label = p.interventions[j].label;
-              if (label == "baseline") return Invalid(w + ".label", "\"baseline\" is reserved");
-              if (!label.empty() && !labels.insert(label).second)
-                return Invalid(w + ".label", absl::StrCat("duplicate label \"", label, "\""));
-            }
-            return absl::OkStatus();
-          },
-          [&](const ActivationStatsSpec& s) -> absl::Status {
-            if (s.hooks.empty()) return Invalid(where + ".activation_stats.hooks", "empty list");
-            if (s.top_k < 1 || s.top_k > 64)
-              return Invalid(where + ".activation_stats.top_k", absl::StrCat(s.top_k, " not in [1,64]"));
-            for (size_t i = 0; i < s.hooks.size(); ++i) {
-              const std::string f = absl::StrCat(where, ".activation_stats.hooks[", i, "]");
-              // A "{L}" template is valid iff its layer-0 expansion is (all models have at least one layer).
-              const std::vector<std::string> one = analysis::ExpandHooks({s.hooks[i]}, 1);
-              if (one.empty()) return Invalid(f, "empty");
-              RETURN_IF_ERROR(CheckHook(one[0], f, models));
-            }
-            return absl::OkStatus();
-          },
-      },
-      a);
+  return std::visit(Overloaded{
+                        [&](const SinkRateSpec& s) -> absl::Status {
+                          if (!(s.tau >= 0 && s.tau <= 1))
+                            return Invalid(where + ".sink_rate.tau", absl::StrCat(s.tau, " not in [0,1]"));
+                          return absl::OkStatus();
+                        },
+                        [&](const MassiveValuesSpec& s) -> absl::Status {
+                          if (!(s.lambda > 0) || !Finite(s.lambda))
+                            return Invalid(where + ".massive_values.lambda", absl::StrCat(s.lambda, " must be > 0"));
+                          if (s.tensors.empty()) return Invalid(where + ".massive_values.tensors", "empty list");
+                          if (s.top_k < 1 || s.top_k > 64)
+                            return Invalid(where + ".massive_values.top_k", absl::StrCat(s.top_k, " not in [1,64]"));
+                          return absl::OkStatus();
+                        },
+                        [&](const ResidualStatsSpec&) -> absl::Status { return absl::OkStatus(); },
+                        [&](const MatrixEntropySpec&) -> absl::Status { return absl::OkStatus(); },
+                        [&](const PerplexitySpec& p) -> absl::Status {
+                          std::set<std::string> labels;
+                          for (size_t j = 0; j < p.interventions.size(); ++j) {
+                            const std::string w = absl::StrCat(where, ".perplexity.interventions[", j, "]");
+                            RETURN_IF_ERROR(ValidateIntervention(p.interventions[j], w, models, limits));
+                            const std::string& label = p.interventions[j].label;
+                            if (label == "baseline") return Invalid(w + ".label", "\"baseline\" is reserved");
+                            if (!label.empty() && !labels.insert(label).second)
+                              return Invalid(w + ".label", absl::StrCat("duplicate label \"", label, "\""));
+                          }
+                          return absl::OkStatus();
+                        },
+                        [&](const ActivationStatsSpec& s) -> absl::Status {
+                          if (s.hooks.empty()) return Invalid(where + ".activation_stats.hooks", "empty list");
+                          if (s.top_k < 1 || s.top_k > 64)
+                            return Invalid(where + ".activation_stats.top_k", absl::StrCat(s.top_k, " not in [1,64]"));
+                          for (size_t i = 0; i < s.hooks.size(); ++i) {
+                            const std::string f = absl::StrCat(where, ".activation_stats.hooks[", i, "]");
+                            // A "{L}" template is valid iff its layer-0 expansion is (all models have at least one layer).
+                            const std::vector<std::string> one = analysis::ExpandHooks({s.hooks[i]}, 1);
+                            if (one.empty()) return Invalid(f, "empty");
+                            RETURN_IF_ERROR(CheckHook(one[0], f, models));
+                          }
+                          return absl::OkStatus();
+                        },
+                    },
+                    a);
 }
 
 // ------------------------------------------------------------------------------------------------------ helpers
 
-std::string InputsDigest(const std::vector<std::string>& names, const std::vector<std::vector<std::vector<int32_t>>>& p) {
+std::string InputsDigest(const std::vector<std::string>& names,
+                         const std::vector<std::vector<std::vector<int32_t>>>& p) {
   util::Sha256 h;
   for (size_t m = 0; m < names.size(); ++m) {
     h.Update(names[m]);
@@ -362,19 +364,18 @@ class Runner {
     std::vector<std::unique_ptr<analysis::LayerAnalysis>> obs;
     analysis::ResidualStats* resid = nullptr;
     for (const AnalysisSpec& a : spec_.analyses) {
-      std::visit(Overloaded{[&](const SinkRateSpec& s) { obs.push_back(analysis::MakeSinkRate(s, dims)); },
-                            [&](const MassiveValuesSpec& s) { obs.push_back(analysis::MakeMassiveValues(s, dims)); },
-                            [&](const ResidualStatsSpec& s) {
-                              auto r = analysis::MakeResidualStats(s, dims, /*emit=*/true);
-                              resid = r.get();
-                              obs.push_back(std::move(r));
-                            },
-                            [&](const MatrixEntropySpec& s) { obs.push_back(analysis::MakeMatrixEntropy(s, dims)); },
-                            [&](const PerplexitySpec&) {},
-                            [&](const ActivationStatsSpec& s) {
-                              obs.push_back(analysis::MakeActivationStats(s, dims));
-                            }},
-                 a);
+      std::visit(
+          Overloaded{[&](const SinkRateSpec& s) { obs.push_back(analysis::MakeSinkRate(s, dims)); },
+                     [&](const MassiveValuesSpec& s) { obs.push_back(analysis::MakeMassiveValues(s, dims)); },
+                     [&](const ResidualStatsSpec& s) {
+                       auto r = analysis::MakeResidualStats(s, dims, /*emit=*/true);
+                       resid = r.get();
+                       obs.push_back(std::move(r));
+                     },
+                     [&](const MatrixEntropySpec& s) { obs.push_back(analysis::MakeMatrixEntropy(s, dims)); },
+                     [&](const PerplexitySpec&) {},
+                     [&](const ActivationStatsSpec& s) { obs.push_back(analysis::MakeActivationStats(s, dims)); }},
+          a);
     }
     // Hidden helpers on the baseline pass: residual stats for spike detection, Q/K identification.
     bool need_spike = false, need_ident = false;
@@ -401,8 +402,8 @@ class Runner {
       lr.model = mh.name;
       lr.layer = l;
       for (const auto& a : obs) a->Fill(l, &lr);
-      const bool any = lr.sink_rate || lr.massive_values || lr.residual_stats || lr.matrix_entropy ||
-                       !lr.activation_stats.empty();
+      const bool any =
+          lr.sink_rate || lr.massive_values || lr.residual_stats || lr.matrix_entropy || !lr.activation_stats.empty();
       if (any && sink_) sink_->OnLayer(lr);
     };
 
@@ -464,8 +465,8 @@ class Runner {
                   r.detail = a.layer ? absl::StrCat("layer ", layer, " (explicit)")
                                      : absl::StrCat("layer ", layer, " (", Name(a.spike_rule), ")");
                   ms->metrics[key + ".layer"] = layer;
-                  return NllPasses(m, label, prompts, [layer](model::HookSet* h) { analysis::AddBosMlpAblation(layer, h); },
-                                   &acc);
+                  return NllPasses(
+                      m, label, prompts, [layer](model::HookSet* h) { analysis::AddBosMlpAblation(layer, h); }, &acc);
                 },
                 [&](const QkMassiveDisruption& q) -> absl::Status {
                   const analysis::QkIdentifier* id = ident.get();
@@ -478,8 +479,8 @@ class Runner {
                   const analysis::QkMasks masks = id->Masks(q.lambda, q.scope);
                   r.disrupted_dims = static_cast<int32_t>(masks.count(q.q, q.k));
                   r.detail = absl::StrCat(r.disrupted_dims, " dims in ", masks.num_layers(q.q, q.k), " layers (",
-                                          q.q && q.k ? "q+k" : (q.q ? "q" : "k"), ", identified on ",
-                                          id->num_prompts(), " prompts, lambda=", Fmt(q.lambda), ", ",
+                                          q.q && q.k ? "q+k" : (q.q ? "q" : "k"), ", identified on ", id->num_prompts(),
+                                          " prompts, lambda=", Fmt(q.lambda), ", ",
                                           q.scope == ThresholdScope::kLayer ? "layer" : "head", " scope, ",
                                           q.replacement == Replacement::kZero ? "zeroed" : "mean-replaced", ")");
                   ms->metrics[key + ".dims"] = r.disrupted_dims;
@@ -511,19 +512,19 @@ class Runner {
                   r.detail = absl::StrCat("top-", t.k, t.smallest ? " smallest" : "", " dims per head, ",
                                           t.post_rotary ? "post-rotary" : "pre-rotary", ", q and k, all layers",
                                           t.lambda ? absl::StrCat(", only > ", Fmt(*t.lambda), " x head mean") : "");
-                  return NllPasses(m, label, prompts, [&](model::HookSet* h) { analysis::AddTopPerHead(t, dims, h); },
-                                   &acc);
+                  return NllPasses(
+                      m, label, prompts, [&](model::HookSet* h) { analysis::AddTopPerHead(t, dims, h); }, &acc);
                 },
                 [&](const HeadAblation& ha) -> absl::Status {
                   r.detail = absl::StrCat(ha.heads.size(), " heads ",
                                           ha.replacement == Replacement::kZero ? "zeroed" : "mean-replaced");
-                  return NllPasses(m, label, prompts,
-                                   [&](model::HookSet* h) { analysis::AddHeadAblation(ha, dims, h); }, &acc);
+                  return NllPasses(
+                      m, label, prompts, [&](model::HookSet* h) { analysis::AddHeadAblation(ha, dims, h); }, &acc);
                 },
                 [&](const std::vector<ActivationEdit>& e) -> absl::Status {
                   r.detail = absl::StrCat(e.size(), " edits");
-                  return NllPasses(m, label, prompts,
-                                   [&](model::HookSet* h) { analysis::AddActivationEdits(e, dims, h); }, &acc);
+                  return NllPasses(
+                      m, label, prompts, [&](model::HookSet* h) { analysis::AddActivationEdits(e, dims, h); }, &acc);
                 },
             },
             iv.kind);
@@ -563,8 +564,7 @@ class Runner {
     return absl::OkStatus();
   }
 
-  absl::Status IdentifyPasses(size_t m, const std::vector<std::vector<int32_t>>& prompts,
-                              analysis::QkIdentifier* id) {
+  absl::Status IdentifyPasses(size_t m, const std::vector<std::vector<int32_t>>& prompts, analysis::QkIdentifier* id) {
     const int32_t P = static_cast<int32_t>(prompts.size());
     for (int32_t p = 0; p < P; ++p) {
       model::HookSet hooks;
@@ -594,8 +594,7 @@ class Runner {
       return Cancelled();
     };
     absl::StatusOr<model::ForwardResult> r = mh.model->Forward(ids, o);
-    if (!r.ok())
-      return WithContext(r.status(), absl::StrCat("model ", mh.name, ", ", condition, ", prompt ", p));
+    if (!r.ok()) return WithContext(r.status(), absl::StrCat("model ", mh.name, ", ", condition, ", prompt ", p));
     ++done_;
     ++passes_this_model_;
     return std::move(r->target_nll);
@@ -612,8 +611,10 @@ class Runner {
     if (!force && since < (layer < 0 ? 0.25 : 1.0)) return;
     last_progress_ = now;
     Progress pr;
-    const double within = layer < 0 ? 0.0 : static_cast<double>(layer + 1) / static_cast<double>(std::max<int64_t>(L, 1));
-    pr.fraction = planned_ > 0 ? std::min(1.0, (static_cast<double>(done_) + within) / static_cast<double>(planned_)) : 0.0;
+    const double within =
+        layer < 0 ? 0.0 : static_cast<double>(layer + 1) / static_cast<double>(std::max<int64_t>(L, 1));
+    pr.fraction =
+        planned_ > 0 ? std::min(1.0, (static_cast<double>(done_) + within) / static_cast<double>(planned_)) : 0.0;
     pr.model = model;
     pr.condition = condition;
     pr.prompt = p;
@@ -661,24 +662,23 @@ class Runner {
 
 std::string InterventionLabel(const Intervention& iv) {
   if (!iv.label.empty()) return iv.label;
-  return std::visit(
-      Overloaded{[](const BosMlpAblation& b) -> std::string {
-                   if (b.layer) return absl::StrCat("bos_mlp@L", *b.layer);
-                   return b.spike_rule == SpikeRule::kArgmaxRatio ? "bos_mlp@spike" : "bos_mlp@jump";
-                 },
-                 [](const QkMassiveDisruption& q) -> std::string {
-                   std::string s = "qk_massive";
-                   if (!(q.q && q.k)) s = q.q ? "q_massive" : "k_massive";
-                   if (q.replacement == Replacement::kMean) s += "_mean";
-                   return s;
-                 },
-                 [](const TopPerHeadMeanReplacement& t) -> std::string {
-                   return absl::StrCat("top", t.k, "_per_head", t.smallest ? "_smallest" : "",
-                                       t.post_rotary ? "_post_rotary" : "");
-                 },
-                 [](const HeadAblation&) -> std::string { return "head_ablation"; },
-                 [](const std::vector<ActivationEdit>&) -> std::string { return "edits"; }},
-      iv.kind);
+  return std::visit(Overloaded{[](const BosMlpAblation& b) -> std::string {
+                                 if (b.layer) return absl::StrCat("bos_mlp@L", *b.layer);
+                                 return b.spike_rule == SpikeRule::kArgmaxRatio ? "bos_mlp@spike" : "bos_mlp@jump";
+                               },
+                               [](const QkMassiveDisruption& q) -> std::string {
+                                 std::string s = "qk_massive";
+                                 if (!(q.q && q.k)) s = q.q ? "q_massive" : "k_massive";
+                                 if (q.replacement == Replacement::kMean) s += "_mean";
+                                 return s;
+                               },
+                               [](const TopPerHeadMeanReplacement& t) -> std::string {
+                                 return absl::StrCat("top", t.k, "_per_head", t.smallest ? "_smallest" : "",
+                                                     t.post_rotary ? "_post_rotary" : "");
+                               },
+                               [](const HeadAblation&) -> std::string { return "head_ablation"; },
+                               [](const std::vector<ActivationEdit>&) -> std::string { return "edits"; }},
+                    iv.kind);
 }
 
 absl::StatusOr<std::vector<std::vector<int32_t>>> ResolvePrompts(const Inputs& inputs, const ModelHandle& model,

@@ -1,10 +1,11 @@
 // Built-in datasets: the study's exact strings, the Brown held-out file, digests, errors.
+#include "common/job/datasets.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 
-#include "common/job/datasets.h"
 #include "common/util/sha256.h"
 #include "nlohmann/json.hpp"
 
@@ -41,8 +42,7 @@ TEST(Datasets, CompiledInStudySetsAreExact) {
   EXPECT_EQ(tech->prompts[1], Rep("Machine learning models learn patterns from data through optimization. ", 15));
   auto cmp = LoadDataset("study-massive-comparison", "");
   ASSERT_TRUE(cmp.ok());
-  EXPECT_EQ(cmp->prompts[2],
-            Rep("Natural language processing enables computers to understand human language. ", 10));
+  EXPECT_EQ(cmp->prompts[2], Rep("Natural language processing enables computers to understand human language. ", 10));
   for (const auto& d : all) {
     EXPECT_EQ(d.digest.size(), 64u);
     EXPECT_EQ(d.digest, util::Sha256Hex(nlohmann::json(d.prompts).dump()));

@@ -28,7 +28,8 @@ std::vector<int32_t> Prompt(int T, int first_other = 2) {
   return ids;
 }
 
-absl::StatusOr<job::Summary> RunOn(const JobSpec& spec, const std::vector<job::ModelHandle>& models, RecordingSink* sink) {
+absl::StatusOr<job::Summary> RunOn(const JobSpec& spec, const std::vector<job::ModelHandle>& models,
+                                   RecordingSink* sink) {
   return job::RunJob(spec, models, job::RunLimits{}, sink, NoCancel());
 }
 
@@ -46,9 +47,8 @@ TEST(KnownAnswers, AttentionForcedOntoBosGivesSinkRateOne) {
   for (auto src : {job::AttentionSource::kModel, job::AttentionSource::kPreRotary}) {
     auto m = BosSinkModel(/*rope=*/false);
     RecordingSink sink;
-    auto r = RunOn(Spec({m.name}, {Prompt(8), Prompt(5), Prompt(12)},
-                      {Sink(1.0, job::QueryRows::kExcludeBos, src)}),
-                 {m}, &sink);
+    auto r = RunOn(Spec({m.name}, {Prompt(8), Prompt(5), Prompt(12)}, {Sink(1.0, job::QueryRows::kExcludeBos, src)}),
+                   {m}, &sink);
     ASSERT_TRUE(r.ok()) << r.status();
     const auto layers = sink.Layers(m.name);
     ASSERT_EQ(layers.size(), 2u);
@@ -126,9 +126,9 @@ TEST(KnownAnswers, UniformAttentionScoresHarmonicMeans) {
 TEST(KnownAnswers, SinkRateSkipsPromptsWithoutRows) {
   auto m = UniformAttentionModel(false);
   RecordingSink sink;
-  auto r = RunOn(Spec({m.name}, {{1}, Prompt(8)},
-                    {Sink(0.3, job::QueryRows::kExcludeBos, job::AttentionSource::kModel)}),
-               {m}, &sink);
+  auto r =
+      RunOn(Spec({m.name}, {{1}, Prompt(8)}, {Sink(0.3, job::QueryRows::kExcludeBos, job::AttentionSource::kModel)}),
+            {m}, &sink);
   ASSERT_TRUE(r.ok()) << r.status();
   for (const auto& l : sink.Layers(m.name)) {
     EXPECT_EQ(l.sink_rate->sink_rate.n, 1);
@@ -294,7 +294,8 @@ TEST(KnownAnswers, ResidualNormsAndFinalNormSwitch) {
     EXPECT_EQ(last.post_final_norm, final_norm);
     if (final_norm) {  // RMSNorm with unit weight: ‖a·e_i / sqrt(a²/8 + eps)‖ ≈ √8
       const double eps = 1e-6;
-      const double b = 1 / std::sqrt(1.0 / 8 + eps), o = (2 / std::sqrt(4.0 / 8 + eps) + 3 / std::sqrt(9.0 / 8 + eps)) / 2;
+      const double b = 1 / std::sqrt(1.0 / 8 + eps),
+                   o = (2 / std::sqrt(4.0 / 8 + eps) + 3 / std::sqrt(9.0 / 8 + eps)) / 2;
       EXPECT_NEAR(last.bos_norm.mean, b, 1e-5);
       EXPECT_NEAR(last.mean_other_norm.mean, o, 1e-5);
     } else {

@@ -42,7 +42,8 @@ std::string Shell(const std::string& cmd, int* rc) {
 }
 
 void Near(double got, double want, const std::string& what, double floor = 1e-6) {
-  EXPECT_LE(std::abs(got - want), kRel * std::max(std::abs(want), floor)) << what << ": got " << got << " want " << want;
+  EXPECT_LE(std::abs(got - want), kRel * std::max(std::abs(want), floor))
+      << what << ": got " << got << " want " << want;
 }
 
 struct Fixture {
@@ -80,8 +81,12 @@ json EditsJson() {
   json out = json::array();
   const char* ops[] = {"zero", "scale", "add", "mean", "set"};
   for (const auto& e : Edits())
-    out.push_back({{"hook", e.hook}, {"op", ops[static_cast<int>(e.op)]}, {"value", e.value},
-                   {"positions", e.positions}, {"heads", e.heads}, {"dims", e.dims}});
+    out.push_back({{"hook", e.hook},
+                   {"op", ops[static_cast<int>(e.op)]},
+                   {"value", e.value},
+                   {"positions", e.positions},
+                   {"heads", e.heads},
+                   {"dims", e.dims}});
   return out;
 }
 
@@ -100,10 +105,10 @@ void BuildFixture(Fixture* f) {
                {"qknorm", "--attention qk_norm_nope --heads 4 --seed 6"}};
   for (const auto& m : specs) {
     int rc = 0;
-    const std::string out = Shell(absl::StrCat(py, " ", src, "/tests/reference/make_tiny_llama.py --out ", f->dir, "/",
-                                               m.name, " --layers ", kLayers,
-                                               " --hidden 64 --vocab 256 --qk-gain 3 --shards 1 ", m.args),
-                                  &rc);
+    const std::string out =
+        Shell(absl::StrCat(py, " ", src, "/tests/reference/make_tiny_llama.py --out ", f->dir, "/", m.name,
+                           " --layers ", kLayers, " --hidden 64 --vocab 256 --qk-gain 3 --shards 1 ", m.args),
+              &rc);
     if (rc != 0) {
       f->error = "make_tiny_llama failed: " + out;
       return;
@@ -186,10 +191,9 @@ void BuildFixture(Fixture* f) {
     job::HeadAblation hz, hm;
     hz.heads = hm.heads = {{0, 1}, {2, 3}};
     hm.replacement = job::Replacement::kMean;
-    ppl.interventions = {{"bos_mlp_layer", l1}, {"bos_mlp_spike", spike}, {"bos_mlp_jump", jump},
-                         {"qk_zero", qz},       {"qk_mean", qm},          {"qk_identify", qi},
-                         {"top1", t1},          {"top1_post", t1p},       {"top2_smallest", t2s},
-                         {"top1_lambda", t1l},  {"heads_zero", hz},       {"heads_mean", hm},
+    ppl.interventions = {{"bos_mlp_layer", l1},  {"bos_mlp_spike", spike}, {"bos_mlp_jump", jump}, {"qk_zero", qz},
+                         {"qk_mean", qm},        {"qk_identify", qi},      {"top1", t1},           {"top1_post", t1p},
+                         {"top2_smallest", t2s}, {"top1_lambda", t1l},     {"heads_zero", hz},     {"heads_mean", hm},
                          {"edits", Edits()}};
   }
   job::PerplexitySpec ppl_wt;
@@ -269,7 +273,8 @@ TEST_F(Reference, SinkRate) {
     EXPECT_EQ(F->a.Layers(m.name)[0].sink_rate->sink_rate.n, 5);
   }
   // For the RoPE model the manual pre-rotary attention is not the model's attention.
-  EXPECT_NE(F->ref["rope"]["sink"]["model_all"]["head_scores"], F->ref["rope"]["sink"]["pre_rotary_all"]["head_scores"]);
+  EXPECT_NE(F->ref["rope"]["sink"]["model_all"]["head_scores"],
+            F->ref["rope"]["sink"]["pre_rotary_all"]["head_scores"]);
 }
 
 void CheckMassive(const RecordingSink& sink, const json& ref, const std::string& model, const job::Summary* summary) {
@@ -372,8 +377,8 @@ TEST_F(Reference, PerplexityAndEveryIntervention) {
     Near(F->d.Ppl(m, "baseline")->perplexity, r["baseline_wt"], m + " baseline weight_by_t");
     EXPECT_NE(r["baseline"].get<double>(), r["baseline_wt"].get<double>());
     EXPECT_EQ(F->a.Ppl(m, "baseline")->num_targets, 6 + 15 + 22 + 1);
-    for (const char* c : {"bos_mlp_layer", "bos_mlp_spike", "bos_mlp_jump", "qk_zero", "qk_mean", "qk_identify",
-                          "top1", "top1_post", "top2_smallest", "top1_lambda", "heads_zero", "heads_mean", "edits"}) {
+    for (const char* c : {"bos_mlp_layer", "bos_mlp_spike", "bos_mlp_jump", "qk_zero", "qk_mean", "qk_identify", "top1",
+                          "top1_post", "top2_smallest", "top1_lambda", "heads_zero", "heads_mean", "edits"}) {
       const job::PerplexityResult* p = F->a.Ppl(m, c);
       ASSERT_NE(p, nullptr) << c;
       Near(p->perplexity, r[c], m + " " + c);

@@ -182,13 +182,26 @@ TEST(Runner, ComparisonTableHasTheStudysShapes) {
   ASSERT_TRUE(r.ok()) << r.status();
   std::map<std::string, job::ComparisonRow> rows;
   for (const auto& row : r->comparison) rows[row.metric] = row;
-  for (const char* metric :
-       {"sink_rate.mean", "bos_spike_layer.argmax_ratio", "bos_spike_layer.argmax_jump", "bos_norm.peak",
-        "bos_norm.peak_layer", "entropy.min", "entropy.min_layer", "massive_values.q.total", "massive_values.k.total",
-        "massive_values.v.total", "perplexity.baseline", "perplexity.bos_mlp@spike", "perplexity.bos_mlp@spike.ratio",
-        "perplexity.qk_massive", "perplexity.qk_massive.ratio", "perplexity.qk_massive.dims",
-        "perplexity.qk_massive.increase_pct", "perplexity.qk_massive.control_mean",
-        "perplexity.qk_massive.control_increase_pct", "perplexity.qk_massive.massive_minus_random_pct"}) {
+  for (const char* metric : {"sink_rate.mean",
+                             "bos_spike_layer.argmax_ratio",
+                             "bos_spike_layer.argmax_jump",
+                             "bos_norm.peak",
+                             "bos_norm.peak_layer",
+                             "entropy.min",
+                             "entropy.min_layer",
+                             "massive_values.q.total",
+                             "massive_values.k.total",
+                             "massive_values.v.total",
+                             "perplexity.baseline",
+                             "perplexity.bos_mlp@spike",
+                             "perplexity.bos_mlp@spike.ratio",
+                             "perplexity.qk_massive",
+                             "perplexity.qk_massive.ratio",
+                             "perplexity.qk_massive.dims",
+                             "perplexity.qk_massive.increase_pct",
+                             "perplexity.qk_massive.control_mean",
+                             "perplexity.qk_massive.control_increase_pct",
+                             "perplexity.qk_massive.massive_minus_random_pct"}) {
     ASSERT_TRUE(rows.count(metric)) << metric;
     const auto& row = rows[metric];
     ASSERT_EQ(row.values.size(), 2u) << metric;
@@ -217,11 +230,11 @@ TEST(Runner, ComparisonTableHasTheStudysShapes) {
                             nullptr, NoCancel());
   ASSERT_TRUE(single.ok());
   EXPECT_TRUE(single->comparison.empty());
-  auto again = job::RunJob(Spec({"rope"}, Prompts(), {job::SinkRateSpec{}}), {models[0]}, job::RunLimits{}, nullptr,
-                           NoCancel());
+  auto again =
+      job::RunJob(Spec({"rope"}, Prompts(), {job::SinkRateSpec{}}), {models[0]}, job::RunLimits{}, nullptr, NoCancel());
   EXPECT_EQ(single->inputs_digest, again->inputs_digest);
-  auto other = job::RunJob(Spec({"rope"}, {{1, 2}}, {job::SinkRateSpec{}}), {models[0]}, job::RunLimits{}, nullptr,
-                           NoCancel());
+  auto other =
+      job::RunJob(Spec({"rope"}, {{1, 2}}, {job::SinkRateSpec{}}), {models[0]}, job::RunLimits{}, nullptr, NoCancel());
   EXPECT_NE(single->inputs_digest, other->inputs_digest);
 }
 
@@ -312,70 +325,96 @@ TEST(Runner, BadParametersGiveClearErrors) {
        "analyses[0].sink_rate.tau"},
       {"lambda", [](JS* s, RL*, MH*) { s->analyses = {job::MassiveValuesSpec{0.0}}; }, kInv,
        "analyses[0].massive_values.lambda: 0 must be > 0"},
-      {"top_k", [](JS* s, RL*, MH*) {
+      {"top_k",
+       [](JS* s, RL*, MH*) {
          job::MassiveValuesSpec m;
          m.top_k = 65;
          s->analyses = {m};
-       }, kInv, "analyses[0].massive_values.top_k"},
-      {"unknown hook", [](JS* s, RL*, MH*) {
+       },
+       kInv, "analyses[0].massive_values.top_k"},
+      {"unknown hook",
+       [](JS* s, RL*, MH*) {
          job::ActivationStatsSpec a;
          a.hooks = {"blocks.0.hook_resid_post", "blocks.0.hook_nonsense"};
          s->analyses = {a};
-       }, kInv, "analyses[0].activation_stats.hooks[1]: unknown hook name \"blocks.0.hook_nonsense\""},
-      {"hook layer", [](JS* s, RL*, MH*) {
+       },
+       kInv, "analyses[0].activation_stats.hooks[1]: unknown hook name \"blocks.0.hook_nonsense\""},
+      {"hook layer",
+       [](JS* s, RL*, MH*) {
          job::ActivationStatsSpec a;
          a.hooks = {"blocks.7.hook_resid_post"};
          s->analyses = {a};
-       }, kInv, "layer 7 is out of range [0, 3)"},
-      {"pattern stats", [](JS* s, RL*, MH*) {
+       },
+       kInv, "layer 7 is out of range [0, 3)"},
+      {"pattern stats",
+       [](JS* s, RL*, MH*) {
          job::ActivationStatsSpec a;
          a.hooks = {"blocks.{L}.attn.hook_pattern"};
          s->analyses = {a};
-       }, kInv, "observe-only"},
-      {"bos layer", [&](JS* s, RL*, MH*) {
+       },
+       kInv, "observe-only"},
+      {"bos layer",
+       [&](JS* s, RL*, MH*) {
          job::BosMlpAblation b;
          b.layer = 5;
          s->analyses = {ppl_with({"", b})};
-       }, kInv, "analyses[0].perplexity.interventions[0].bos_mlp.layer: 5 out of range [0, 3) of model rope"},
-      {"head", [&](JS* s, RL*, MH*) {
+       },
+       kInv, "analyses[0].perplexity.interventions[0].bos_mlp.layer: 5 out of range [0, 3) of model rope"},
+      {"head",
+       [&](JS* s, RL*, MH*) {
          job::HeadAblation h;
          h.heads = {{0, 0}, {1, 9}};
          s->analyses = {ppl_with({"", h})};
-       }, kInv, "interventions[0].heads.heads[1].head: 9 out of range [0, 2)"},
-      {"top k", [&](JS* s, RL*, MH*) {
+       },
+       kInv, "interventions[0].heads.heads[1].head: 9 out of range [0, 2)"},
+      {"top k",
+       [&](JS* s, RL*, MH*) {
          job::TopPerHeadMeanReplacement t;
          t.k = 9;
          s->analyses = {ppl_with({"", t})};
-       }, kInv, "top_per_head.k: 9 not in [1, head_dim=8]"},
-      {"edit dims", [&](JS* s, RL*, MH*) {
+       },
+       kInv, "top_per_head.k: 9 not in [1, head_dim=8]"},
+      {"edit dims",
+       [&](JS* s, RL*, MH*) {
          auto e = edit("blocks.0.attn.hook_q");
          e.dims = {8};
          s->analyses = {ppl_with({"", std::vector<job::ActivationEdit>{e}})};
-       }, kInv, "edits[0].dims: 8 out of range [0, 8)"},
-      {"edit heads", [&](JS* s, RL*, MH*) {
+       },
+       kInv, "edits[0].dims: 8 out of range [0, 8)"},
+      {"edit heads",
+       [&](JS* s, RL*, MH*) {
          auto e = edit("blocks.0.hook_mlp_out");
          e.heads = {0};
          s->analyses = {ppl_with({"", std::vector<job::ActivationEdit>{e}})};
-       }, kInv, "edits[0].heads: \"blocks.0.hook_mlp_out\" has no head axis"},
-      {"edit pattern", [&](JS* s, RL*, MH*) {
+       },
+       kInv, "edits[0].heads: \"blocks.0.hook_mlp_out\" has no head axis"},
+      {"edit pattern",
+       [&](JS* s, RL*, MH*) {
          s->analyses = {ppl_with({"", std::vector<job::ActivationEdit>{edit("blocks.0.attn.hook_pattern")}})};
-       }, kInv, "edits[0].hook"},
-      {"qk lambda", [&](JS* s, RL*, MH*) {
+       },
+       kInv, "edits[0].hook"},
+      {"qk lambda",
+       [&](JS* s, RL*, MH*) {
          job::QkMassiveDisruption q;
          q.lambda = -1;
          s->analyses = {ppl_with({"", q})};
-       }, kInv, "qk_massive.lambda: -1 must be > 0"},
-      {"identify_on", [&](JS* s, RL*, MH*) {
+       },
+       kInv, "qk_massive.lambda: -1 must be > 0"},
+      {"identify_on",
+       [&](JS* s, RL*, MH*) {
          job::QkMassiveDisruption q;
          q.identify_on = job::Inputs{};
          q.identify_on->token_ids = {{1, 70000}};
          s->analyses = {ppl_with({"", q})};
-       }, kInv, "qk_massive.identify_on.token_ids[0][1]: token id 70000 not in [0, 64)"},
-      {"dup labels", [&](JS* s, RL*, MH*) {
+       },
+       kInv, "qk_massive.identify_on.token_ids[0][1]: token id 70000 not in [0, 64)"},
+      {"dup labels",
+       [&](JS* s, RL*, MH*) {
          job::PerplexitySpec p;
          p.interventions = {{"x", job::BosMlpAblation{}}, {"x", job::BosMlpAblation{}}};
          s->analyses = {p};
-       }, kInv, "interventions[1].label: duplicate label \"x\""},
+       },
+       kInv, "interventions[1].label: duplicate label \"x\""},
       {"dup kind", [](JS* s, RL*, MH*) { s->analyses.push_back(job::SinkRateSpec{}); }, kInv,
        "analyses[1]: a second sink_rate analysis"},
       {"no analyses", [](JS* s, RL*, MH*) { s->analyses.clear(); }, kInv, "analyses: at least one"},
@@ -384,34 +423,47 @@ TEST(Runner, BadParametersGiveClearErrors) {
       {"bad id", [](JS* s, RL*, MH*) { s->inputs.token_ids[0][2] = 999999; }, kInv,
        "inputs.token_ids[0][2]: token id 999999 not in [0, 64) of model rope"},
       {"negative id", [](JS* s, RL*, MH*) { s->inputs.token_ids[1][1] = -3; }, kInv, "token id -3"},
-      {"empty text", [](JS* s, RL*, MH* m) {
+      {"empty text",
+       [](JS* s, RL*, MH* m) {
          s->inputs.token_ids.clear();
          s->inputs.texts = {""};
          for (auto& h : *m) h.tokenizer = nullptr;
-       }, kInv, "inputs.texts[0]: empty text"},
-      {"no tokenizer", [](JS* s, RL*, MH*) {
+       },
+       kInv, "inputs.texts[0]: empty text"},
+      {"no tokenizer",
+       [](JS* s, RL*, MH*) {
          s->inputs.token_ids.clear();
          s->inputs.texts = {"hello"};
-       }, absl::StatusCode::kFailedPrecondition, "has no tokenizer"},
+       },
+       absl::StatusCode::kFailedPrecondition, "has no tokenizer"},
       {"two sources", [](JS* s, RL*, MH*) { s->inputs.dataset = "study-disruption-literary"; }, kInv,
        "more than one source"},
       {"no source", [](JS* s, RL*, MH*) { s->inputs.token_ids.clear(); }, kInv, "inputs: no source set"},
-      {"dataset", [](JS* s, RL*, MH*) {
+      {"dataset",
+       [](JS* s, RL*, MH*) {
          s->inputs.token_ids.clear();
          s->inputs.dataset = "no-such-dataset";
-       }, absl::StatusCode::kNotFound, "inputs.dataset: unknown dataset \"no-such-dataset\""},
+       },
+       absl::StatusCode::kNotFound, "inputs.dataset: unknown dataset \"no-such-dataset\""},
       {"too many prompts", [](JS*, RL* l, MH*) { l->max_prompts = 2; }, kInv,
        "inputs: 3 prompts exceed the limit max_prompts=2"},
-      {"max tokens", [](JS* s, RL* l, MH*) {
+      {"max tokens",
+       [](JS* s, RL* l, MH*) {
          l->max_tokens_per_prompt = 256;
          s->max_tokens = 300;
-       }, kInv, "max_tokens: 300 exceeds the server limit max_tokens_per_prompt=256"},
-      {"no models", [](JS* s, RL*, MH* m) {
+       },
+       kInv, "max_tokens: 300 exceeds the server limit max_tokens_per_prompt=256"},
+      {"no models",
+       [](JS* s, RL*, MH* m) {
          s->models.clear();
          m->clear();
-       }, kInv, "models: at least one model"},
-      {"handle mismatch", [](JS* s, RL*, MH*) { s->models = {"nope", "rope"}; }, kInv,
-       "models[0]: handle \"rope\" does not match \"nope\""},
+       },
+       kInv, "models: at least one model"},
+      {"handle mismatch",
+       [](JS* s, RL*, MH*) {
+         s->models = {"nope", "rope"};
+       },
+       kInv, "models[0]: handle \"rope\" does not match \"nope\""},
   };
   for (const BadCase& c : cases) {
     job::JobSpec spec = Spec({"rope", "nope"}, Prompts(), {job::SinkRateSpec{}});

@@ -159,8 +159,8 @@ job::ModelHandle OrthogonalEmbeddingModel(bool bos_write, const std::string& nam
   return Wrap(c, std::move(w), name);
 }
 
-job::ModelHandle RandomModel(bool rope, uint64_t seed, int64_t zero_mlp_layer, const std::string& name,
-                             int64_t layers, int64_t vocab) {
+job::ModelHandle RandomModel(bool rope, uint64_t seed, int64_t zero_mlp_layer, const std::string& name, int64_t layers,
+                             int64_t vocab) {
   const model::LlamaConfig c = TinyConfig(rope, layers, /*heads=*/2, /*head_dim=*/8, /*kv_heads=*/2, vocab, 32);
   Rng rng(seed);
   model::LlamaWeights w = Blank(c, rng);
@@ -173,7 +173,8 @@ job::ModelHandle RandomModel(bool rope, uint64_t seed, int64_t zero_mlp_layer, c
     L.q_proj = rng.randn({d, d}, 2.0 * s);
     L.k_proj = rng.randn({d, d}, 2.0 * s);
     L.o_proj = rng.randn({d, d}, s);
-    L.down_proj = l == zero_mlp_layer ? at::zeros({d, I}, F32()) : rng.randn({d, I}, 1.0 / std::sqrt(static_cast<double>(I)));
+    L.down_proj =
+        l == zero_mlp_layer ? at::zeros({d, I}, F32()) : rng.randn({d, I}, 1.0 / std::sqrt(static_cast<double>(I)));
   }
   return Wrap(c, std::move(w), name);
 }
