@@ -238,6 +238,52 @@ TEST(Runner, ComparisonTableHasTheStudysShapes) {
   EXPECT_NE(single->inputs_digest, other->inputs_digest);
 }
 
+TEST(Runner, Bfloat16ModelRunsEveryAnalysisAndIntervention) {
+  // Activations arrive in bf16; every reduction and every intervention must cope (fp32/fp64 inside) and agree with
+  // the fp32 model to bf16 accuracy.
+  auto f32 = RandomModel(true, 26, -1, "f32");
+  auto bf16 = ToBfloat16(f32, "bf16");
+  job::QkMassiveDisruption qk;
+  qk.lambda = 1.5;
+  qk.replacement = job::Replacement::kMean;
+  qk.control_seeds = {42};
+  job::TopPerHeadMeanReplacement top;
+  top.post_rotary = true;
+  job::HeadAblation heads;
+  heads.heads = {{1, 1}};
+  heads.replacement = job::Replacement::kMean;
+  job::ActivationEdit e;
+  e.hook = "blocks.0.attn.hook_z";
+  e.op = job::EditOp::kMean;
+  e.heads = {0};
+  job::PerplexitySpec ppl;
+  ppl.interventions = {
+      {"", job::BosMlpAblation{}}, {"", qk}, {"", top}, {"", heads}, {"", std::vector<job::ActivationEdit>{e}}};
+  auto analyses = AllObservers();
+  analyses.back() = ppl;
+  RecordingSink s32, s16;
+  auto r32 = job::RunJob(Spec({"f32"}, Prompts(), analyses), {f32}, job::RunLimits{}, &s32, NoCancel());
+  auto r16 = job::RunJob(Spec({"bf16"}, Prompts(), analyses), {bf16}, job::RunLimits{}, &s16, NoCancel());
+  ASSERT_TRUE(r32.ok()) << r32.status();
+  ASSERT_TRUE(r16.ok()) << r16.status();
+  EXPECT_EQ(r16->models[0].dtype, "bfloat16");
+  const auto p32 = s32.All<job::PerplexityResult>(), p16 = s16.All<job::PerplexityResult>();
+  ASSERT_EQ(p32.size(), p16.size());
+  for (size_t i = 0; i < p32.size(); ++i) {
+    EXPECT_EQ(p32[i].condition, p16[i].condition);
+    EXPECT_NEAR(p16[i].perplexity / p32[i].perplexity, 1.0, 0.05) << p32[i].condition;
+  }
+  const auto l32 = s32.Layers("f32"), l16 = s16.Layers("bf16");
+  ASSERT_EQ(l32.size(), l16.size());
+  for (size_t l = 0; l < l32.size(); ++l) {
+    EXPECT_NEAR(l16[l].residual_stats->bos_norm.mean, l32[l].residual_stats->bos_norm.mean,
+                0.02 * l32[l].residual_stats->bos_norm.mean);
+    EXPECT_NEAR(l16[l].matrix_entropy->entropy.mean, l32[l].matrix_entropy->entropy.mean, 0.02);
+    for (size_t h = 0; h < l32[l].sink_rate->head_scores.size(); ++h)
+      EXPECT_NEAR(l16[l].sink_rate->head_scores[h], l32[l].sink_rate->head_scores[h], 0.02);
+  }
+}
+
 TEST(Runner, TruncationAndPromptLimits) {
   auto m = RandomModel(true, 24);
   auto spec = Spec({m.name}, Prompts(), {job::ResidualStatsSpec{}});

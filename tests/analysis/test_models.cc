@@ -179,6 +179,21 @@ job::ModelHandle RandomModel(bool rope, uint64_t seed, int64_t zero_mlp_layer, c
   return Wrap(c, std::move(w), name);
 }
 
+job::ModelHandle ToBfloat16(const job::ModelHandle& h, const std::string& name) {
+  model::LlamaWeights w = h.model->weights();
+  auto cast = [](at::Tensor& t) {
+    if (t.defined()) t = t.to(at::kBFloat16);
+  };
+  cast(w.embed_tokens);
+  cast(w.norm);
+  cast(w.lm_head);
+  for (auto& L : w.layers)
+    for (at::Tensor* t : {&L.input_layernorm, &L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.q_norm, &L.k_norm,
+                          &L.post_attention_layernorm, &L.gate_proj, &L.up_proj, &L.down_proj})
+      cast(*t);
+  return Wrap(h.model->config(), std::move(w), name);
+}
+
 Reductions Reduce(const std::vector<std::vector<float>>& rows) {
   const int64_t T = static_cast<int64_t>(rows.size()), F = static_cast<int64_t>(rows[0].size());
   at::Tensor x = at::empty({T, F}, F32());

@@ -41,6 +41,9 @@ job::ModelHandle OrthogonalEmbeddingModel(bool bos_write, const std::string& nam
 job::ModelHandle RandomModel(bool rope, uint64_t seed, int64_t zero_mlp_layer = -1, const std::string& name = "random",
                              int64_t layers = 3, int64_t vocab = 64);
 
+// The same model with every weight cast to bfloat16 (compute dtype bf16).
+job::ModelHandle ToBfloat16(const job::ModelHandle& h, const std::string& name);
+
 // Direct calls of the per-prompt reductions on a [T, F] float32 matrix given row by row (unit tests).
 struct Reductions {
   double entropy, anisotropy, normalized, bos_norm, mean_other_norm, ratio;
