@@ -173,14 +173,18 @@ absl::StatusOr<at::Tensor> Attention(const LlamaConfig& cfg, const at::Tensor& q
     const int64_t q1 = std::min(q0 + chunk, T), tq = q1 - q0;
     // Query head h = g·rep + r uses kv head g: [H, tq, hd] -> [Hkv, rep·tq, hd].
     at::Tensor qc = qf.narrow(1, q0, tq).reshape({Hkv, rep * tq, hd});
-    // fp32 scores. In-place scale/mask are autograd-safe: bmm and mul-by-scalar do not save their outputs.
-    at::Tensor s = at::bmm(qc, kf.narrow(2, 0, q1)).view({H, tq, q1});
-    s.mul_(scale);
-    if (tq > 1) {  // a single query row at q1-1 sees all keys [0, q1)
+    // fp32 scores S = bias + scale·(q kᵀ) in one GEMM (baddbmm, beta=1, alpha=scale): bias is 0 where key j <= query
+    // row q0+i and -inf above the diagonal. Same rounding as HF's matmul(q, kᵀ) * scaling followed by the mask.
+    at::Tensor s;
+    if (tq > 1) {
       at::Tensor mask = at::arange(q1, ilong).unsqueeze(0) > at::arange(q0, q1, ilong).unsqueeze(1);  // [tq, q1]
-      s.masked_fill_(mask, -std::numeric_limits<float>::infinity());
+      at::Tensor bias = at::zeros({tq, q1}, qf.options()).masked_fill_(mask, -std::numeric_limits<double>::infinity());
+      if (rep > 1) bias = bias.repeat({rep, 1});  // rows of the [Hkv, rep·tq, q1] layout
+      s = at::baddbmm(bias.unsqueeze(0), qc, kf.narrow(2, 0, q1), /*beta=*/1.0, /*alpha=*/scale);
+    } else {  // a single query row at q1-1 sees all keys [0, q1)
+      s = at::bmm(qc, kf.narrow(2, 0, q1)).mul_(scale);
     }
-    at::Tensor p = at::softmax(s, -1);  // fp32
+    at::Tensor p = at::softmax(s.view({H, tq, q1}), -1);  // fp32
     if (want_pattern) {
       at::Tensor full = q1 < T ? at::constant_pad_nd(p, {0, T - q1}, 0.0) : p;
       ASSIGN_OR_RETURN(at::Tensor unused, hc.Run(hc.names[layer][kPattern], static_cast<int>(layer), full, q0));

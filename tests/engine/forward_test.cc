@@ -270,6 +270,9 @@ TEST_F(ForwardTest, LongContext4096BoundedMemory) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_FALSE(r->logits.defined());
   EXPECT_LE(RelErr(r->target_nll, ref["target_nll"]), kTol);
+#ifdef __SANITIZE_ADDRESS__
+  can_reset = false;  // ASan's quarantine keeps freed memory resident: RSS says nothing about the forward
+#endif
   if (can_reset && rss0 > 0 && hwm > 0) {
     // Measured here: chunk 512 ≈ 40 MiB, unchunked (attn_query_chunk=0) ≈ 270 MiB — one layer's fp32 scores alone
     // are 2·4096²·4 B = 128 MiB.
