@@ -96,7 +96,7 @@ TEST_P(ReferenceParity, LogitsNllAndEveryHookMatch) {
 
 INSTANTIATE_TEST_SUITE_P(Variants, ReferenceParity,
                          ::testing::Values("rope_mha", "rope_gqa", "nope", "qk_norm", "q_norm", "softmax_scale",
-                                           "tied", "rope_bf16"));
+                                           "tied", "rope_bf16", "nope_f16"));
 
 TEST_F(ForwardTest, HookLayoutsAndDtypes) {
   auto m = LoadOrDie("rope_gqa");  // H=4, Hkv=2, hd=24, d=64, I=160

@@ -177,6 +177,11 @@ TEST_F(LoadTest, TiedAndSingleFileAndBf16) {
   auto c = LlamaModel::Load(FixtureDir() + "/rope_bf16", {});  // BF16 checkpoint -> fp32 compute (converted)
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ((*c)->dtype(), "float32");
+  EXPECT_EQ((*c)->config().torch_dtype, "bfloat16");
+  auto h = LlamaModel::Load(FixtureDir() + "/nope_f16", bf);  // F16 checkpoint (like Llama-2-7b-hf) -> bf16 compute
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ((*h)->dtype(), "bfloat16");
+  EXPECT_EQ((*h)->weights().layers[0].q_proj.scalar_type(), at::kBFloat16);
   LoadOptions nodigest;
   nodigest.compute_digest = false;
   EXPECT_TRUE((*LlamaModel::Load(FixtureDir() + "/tied", nodigest))->weights_digest().empty());

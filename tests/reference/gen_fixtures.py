@@ -34,6 +34,7 @@ VARIANTS = {
                        "--seed", "5"], []),
     "tied": (["--attention", "rope", "--tie", "--shards", "1", "--seed", "6"], []),
     "rope_bf16": (["--attention", "rope", "--dtype", "bfloat16", "--shards", "2", "--seed", "7"], []),
+    "nope_f16": (["--attention", "nope", "--dtype", "float16", "--shards", "2", "--seed", "10"], []),
 }
 T = 37
 LONG_T = 4096
