@@ -187,6 +187,28 @@ TEST_F(LoadTest, TiedAndSingleFileAndBf16) {
   EXPECT_TRUE((*LlamaModel::Load(FixtureDir() + "/tied", nodigest))->weights_digest().empty());
 }
 
+TEST_F(LoadTest, UnalignedDataSectionIsCopiedNotAliased) {
+  // A header whose length leaves the data section at an odd address (legal per the format, though HF pads to 8):
+  // tensors cannot be wrapped in place and are copied instead; values must be identical.
+  const std::string d = Fresh("tied");
+  const std::string f = d + "/model.safetensors";
+  std::string b = ReadFile(f);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(b[i]);
+  std::string header = json::parse(b.substr(8, n)).dump();
+  while ((8 + header.size()) % 4 != 1) header += ' ';
+  WriteFile(f, MakeSt(header, b.substr(8 + n)));
+  auto m = LlamaModel::Load(d, {});
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto ref = LlamaModel::Load(FixtureDir() + "/tied", {});
+  ASSERT_TRUE(ref.ok());
+  const at::Tensor& a = (*m)->weights().layers[0].down_proj;
+  const at::Tensor& r = (*ref)->weights().layers[0].down_proj;
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(a.data_ptr()) % 4, 0u);
+  ASSERT_EQ(a.numel(), r.numel());
+  EXPECT_EQ(std::memcmp(a.data_ptr(), r.data_ptr(), a.numel() * 4), 0);
+}
+
 TEST_F(LoadTest, BadLoadOptions) {
   LoadOptions o;
   o.dtype = "float16";
