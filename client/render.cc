@@ -261,7 +261,8 @@ void EventRenderer::Summary(const v1::Summary& s) {
   for (const auto& m : s.models())
     out_ << "  " << m.model() << ": weights " << m.weights_digest().substr(0, 12) << ", tokenizer "
          << m.tokenizer_digest().substr(0, 12) << ", " << m.dtype() << " on " << m.device() << ", "
-         << m.num_prompts() << " prompts, " << m.num_tokens() << " tokens\n";
+         << m.num_prompts() << " prompts, " << m.num_tokens() << " tokens, " << m.num_forward_passes()
+         << " forward passes\n";
   out_ << "  inputs " << s.inputs_digest().substr(0, 12) << ", seed " << s.seed() << ", server "
        << s.server_version() << ", " << absl::StrFormat("%.2f", s.elapsed_seconds()) << " s\n";
 }

@@ -403,6 +403,7 @@ void ToProto(const job::Summary& s, v1::Summary* p) {
     pm->set_device(m.device);
     pm->set_num_prompts(m.num_prompts);
     pm->set_num_tokens(m.num_tokens);
+    pm->set_num_forward_passes(m.num_forward_passes);
   }
   for (const auto& r : s.comparison) {
     auto* pr = p->add_comparison();

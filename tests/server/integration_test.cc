@@ -287,6 +287,8 @@ TEST_F(ServerTest, PairedJobStreamsLayersThenSummary) {
   EXPECT_FALSE(sum.comparison().empty());
   for (const auto& r : sum.comparison()) EXPECT_EQ(r.values_size(), 2) << r.metric();
   EXPECT_EQ(sum.seed(), 42u);
+  // One baseline forward per prompt serves sink rate, residual stats and baseline NLL; BOS-MLP adds one per prompt.
+  for (const auto& m : sum.models()) EXPECT_EQ(m.num_forward_passes(), 2 * 2) << m.model();
   EXPECT_FALSE(sum.server_version().empty());
 
   const v1::Job j = Get(*id);
