@@ -14,7 +14,7 @@
 //
 // Usage: sinkscope-bench [--threads=2] [--out=bench/results] [--layers=4] [--hidden=256] [--heads=4]
 //                        [--kv-heads=4] [--intermediate=688] [--vocab=4096] [--lengths=512,2048,4096]
-//                        [--dtypes=float32,bfloat16] [--repeats=3] [--chunk=512]
+//                        [--dtypes=float32,bfloat16] [--repeats=5] [--chunk=512] [--tune-malloc=1]
 #include <ATen/ATen.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
@@ -55,6 +55,13 @@ bool ResetPeakRss() {
   cr << "5";
   cr.flush();
   return cr.good();
+}
+
+std::string LoadAvg() {
+  std::ifstream in("/proc/loadavg");
+  std::string a, b, c;
+  in >> a >> b >> c;
+  return a + " " + b + " " + c;
 }
 
 std::string CpuModel() {
@@ -138,7 +145,7 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> flags = {
       {"threads", "2"},   {"out", SINKSCOPE_BENCH_RESULTS}, {"layers", "4"},          {"hidden", "256"},
       {"heads", "4"},     {"kv-heads", "4"},                {"intermediate", "688"},  {"vocab", "4096"},
-      {"lengths", "512,2048,4096"}, {"dtypes", "float32,bfloat16"}, {"repeats", "5"}, {"chunk", "512"}};
+      {"lengths", "512,2048,4096"}, {"dtypes", "float32,bfloat16"}, {"repeats", "5"}, {"tune-malloc", "1"}, {"chunk", "512"}};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -162,6 +169,8 @@ int main(int argc, char** argv) {
     return v;
   };
   const int threads = static_cast<int>(num("threads"));
+  const bool tune_malloc = num("tune-malloc") != 0;
+  const bool malloc_tuned = tune_malloc && sinkscope::model::TuneMallocForTensors();
   sinkscope::model::SetComputeThreads(threads);
 
   LlamaConfig c;
@@ -195,8 +204,10 @@ int main(int argc, char** argv) {
   nlohmann::json env = nlohmann::json::object();
   for (const char* k : {"OMP_WAIT_POLICY", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOMP_SPINCOUNT"})
     env[k] = std::getenv(k) ? std::getenv(k) : "(unset)";
+  const std::string load_before = LoadAvg();
   out["machine"] = {{"cpu", CpuModel()}, {"kernel", un.release}, {"threads", threads},
-                    {"torch", sinkscope::model::TorchVersion()}, {"env", env}};
+                    {"torch", sinkscope::model::TorchVersion()}, {"env", env},
+                    {"malloc_tuned", malloc_tuned}};
   out["model"] = {{"layers", c.num_hidden_layers}, {"hidden", c.hidden_size}, {"heads", c.num_attention_heads},
                   {"kv_heads", c.num_key_value_heads}, {"head_dim", c.head_dim},
                   {"intermediate", c.intermediate_size}, {"vocab", c.vocab_size},
@@ -278,6 +289,8 @@ int main(int argc, char** argv) {
     }
   }
   out["mm_peak_gflops"] = peaks;
+  out["machine"]["loadavg_before"] = load_before;
+  out["machine"]["loadavg_after"] = LoadAvg();
 
   const std::string dir = flags["out"];
   std::filesystem::create_directories(dir);
@@ -288,7 +301,8 @@ int main(int argc, char** argv) {
                         sinkscope::model::TorchVersion(), un.release);
   md << "Environment:";
   for (const auto& [k, v] : env.items()) md << " " << k << "=" << v.get<std::string>();
-  md << "\n\n";
+  md << ". TuneMallocForTensors(): " << (malloc_tuned ? "on" : "off") << ". Load average (1/5/15 min) before: " << load_before << ", after: " << LoadAvg()
+     << " (the machine is shared; other jobs inflate wall times).\n\n";
   md << absl::StrFormat(
       "Model: random Llama (RoPE), %d layers, d=%d, %d heads (head_dim %d), %d KV heads, FF %d, vocab %d "
       "(%.2fM parameters), built in memory.\n",
