@@ -507,6 +507,9 @@ TEST(Runtime, ThreadsAndVersion) {
   SetComputeThreads(2);
   EXPECT_EQ(ComputeThreads(), 2);
   EXPECT_FALSE(TorchVersion().empty());
+#if defined(__GLIBC__)
+  EXPECT_TRUE(TuneMallocForTensors());  // glibc accepts every setting; later tests then run with it on
+#endif
 }
 
 }  // namespace
