@@ -4,6 +4,7 @@
 // with their Finished event.
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <iostream>
@@ -11,6 +12,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/model/runtime.h"
 #include "server/config.h"
 #include "server/server.h"
 
@@ -23,6 +25,15 @@ ABSL_FLAG(std::string, metrics_listen, "", "host:port for the Prometheus /metric
 ABSL_FLAG(double, shutdown_grace, 5.0, "Seconds in-flight RPCs get to finish at shutdown.");
 
 int main(int argc, char** argv) {
+  // libgomp reads OMP_WAIT_POLICY when it is loaded, before main. Spinning OpenMP threads starve OpenBLAS's own
+  // threads and make fp32 forwards ~2x slower (bench/README.md), so re-exec once with the passive policy unless the
+  // operator chose one.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    execv("/proc/self/exe", argv);  // only returns on failure: continue with the default policy
+  }
+  // Keep large tensor allocations in the heap instead of fresh mmaps (page faults dominated T=4096 forwards).
+  sinkscope::model::TuneMallocForTensors();
   absl::SetProgramUsageMessage("sinkscope analysis server. Usage: sinkscoped --config FILE [--listen HOST:PORT]");
   absl::ParseCommandLine(argc, argv);
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
