@@ -541,13 +541,16 @@ absl::Status TruncateCsv(const std::string& path, int64_t upto) {
   return WriteFileAtomic(path, out);
 }
 
-ojson OptionsJson(const TrainOptions& o) {
+// The run's settings. The model shape is the trained model's (with --init-from it comes from the source, not flags).
+ojson OptionsJson(const TrainOptions& o, const LlamaConfig& c) {
   ojson j;
-  j["layers"] = o.layers;
-  j["hidden"] = o.hidden;
-  j["heads"] = o.heads;
-  j["kv_heads"] = o.kv_heads;
-  j["intermediate"] = o.intermediate;
+  j["layers"] = c.num_hidden_layers;
+  j["hidden"] = c.hidden_size;
+  j["heads"] = c.num_attention_heads;
+  j["kv_heads"] = c.num_key_value_heads;
+  j["intermediate"] = c.intermediate_size;
+  j["rope_theta"] = c.rope_theta;
+  j["rms_norm_eps"] = c.rms_norm_eps;
   j["attention"] = o.attention;
   j["seq_len"] = o.seq_len;
   j["batch"] = o.batch;
@@ -625,22 +628,8 @@ absl::Status RunTraining(const TrainOptions& opts) {
   std::ofstream csv(csv_path, std::ios::app);
   if (!resuming) csv << "step,lr,train_loss,grad_norm,heldout_loss,tokens_seen,step_ms,elapsed_s\n";
 
-  // Evaluation history for training.json (from the CSV when resuming, so the record covers the whole run).
-  ojson evals = ojson::array();
-  if (resuming) {
-    if (auto text = ReadFile(csv_path); text.ok()) {
-      bool header = true;
-      for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
-        if (std::exchange(header, false)) continue;
-        std::vector<std::string> f = absl::StrSplit(line, ',');
-        if (f.size() >= 5 && !f[4].empty()) evals.push_back({{"step", std::stoll(f[0])}, {"heldout_loss", std::stod(f[4])}});
-      }
-    }
-  }
   auto eval = [&]() -> absl::StatusOr<double> {
-    ASSIGN_OR_RETURN(double l, tr->EvalLoss(eval_windows));
-    evals.push_back({{"step", tr->step()}, {"heldout_loss", l}});
-    return l;
+    return tr->EvalLoss(eval_windows);
   };
   if (tr->step() == 0) {
     ASSIGN_OR_RETURN(double l0, eval());
@@ -650,7 +639,6 @@ absl::Status RunTraining(const TrainOptions& opts) {
 
   double seg0 = Now(), loss_acc = 0, ms_acc = 0;
   int64_t acc_n = 0;
-  std::vector<double> recent;  // last 50 train losses, for the summary
   while (tr->step() < opts.steps) {
     ASSIGN_OR_RETURN(Trainer::StepStats st, tr->Step());
     const double now = Now();
@@ -659,8 +647,6 @@ absl::Status RunTraining(const TrainOptions& opts) {
     loss_acc += st.loss;
     ms_acc += st.step_ms;
     ++acc_n;
-    recent.push_back(st.loss);
-    if (recent.size() > 50) recent.erase(recent.begin());
     std::string heldout_field;
     if ((opts.eval_every > 0 && st.step % opts.eval_every == 0) || st.step == opts.steps) {
       ASSIGN_OR_RETURN(double l, eval());
@@ -715,14 +701,36 @@ absl::Status RunTraining(const TrainOptions& opts) {
   rec["model_type"] = cfg.model_type;
   rec["attention_type"] = model::AttentionTypeName(cfg.attention_type);
   rec["parameters"] = cfg.num_parameters();
-  rec["options"] = OptionsJson(opts);
+  rec["options"] = OptionsJson(opts, tr->config());
   rec["steps"] = tr->step();
   rec["tokens_seen"] = tr->tokens_seen();
   rec["train_wall_time_s"] = std::round(tr->elapsed_s());
   rec["mean_step_ms"] = std::round(1e3 * tr->elapsed_s() / std::max<int64_t>(1, tr->step()));
-  double recent_mean = 0;
-  for (double l : recent) recent_mean += l;
-  if (!recent.empty()) rec["train_loss_last50_mean"] = recent_mean / static_cast<double>(recent.size());
+  // Curves from the CSV, so that a resumed run's record covers the whole run.
+  ojson evals = ojson::array();
+  std::vector<std::pair<int64_t, double>> train_losses;
+  if (auto text = ReadFile(csv_path); text.ok()) {
+    bool header = true;
+    for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
+      if (std::exchange(header, false)) continue;
+      std::vector<std::string> f = absl::StrSplit(line, ',');
+      if (f.size() < 5) continue;
+      if (!f[4].empty()) evals.push_back({{"step", std::stoll(f[0])}, {"heldout_loss", std::stod(f[4])}});
+      if (!f[2].empty()) train_losses.emplace_back(std::stoll(f[0]), std::stod(f[2]));
+    }
+  }
+  // Mean training loss over windows of 500 steps (each step's loss is on its own random batch).
+  ojson train_curve = ojson::array();
+  for (size_t i = 0; i < train_losses.size();) {
+    const int64_t lo = (train_losses[i].first - 1) / 500 * 500;
+    double sum = 0;
+    int64_t n = 0;
+    for (; i < train_losses.size() && train_losses[i].first <= lo + 500; ++i, ++n) sum += train_losses[i].second;
+    train_curve.push_back({{"steps", absl::StrCat(lo + 1, "-", lo + n)}, {"mean_train_loss", sum / n}});
+  }
+  rec["train_loss_curve"] = train_curve;
+  rec["train_loss_curve_definition"] = absl::StrFormat(
+      "mean training cross entropy (nats, %s compute) of the steps in each 500-step window", opts.compute_dtype);
   rec["heldout_loss_curve"] = evals;
   rec["heldout_loss_curve_definition"] = absl::StrFormat(
       "mean next-token cross entropy (nats) over %d fixed windows (BOS + %d tokens at evenly spaced starts of the "
