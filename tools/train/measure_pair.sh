@@ -33,22 +33,12 @@ CLI="$BIN/client/sinkscope"
 "$CLI" health --wait 300 >/dev/null
 "$CLI" models | tee "$OUT/models.txt"
 
-job() {  # job NAME ARGS... : run once as JSON and render the same job as a table from its stored record
+job() {  # job NAME ARGS... : the same (deterministic) job streamed as JSON lines and rendered as tables
   local name=$1
   shift
   echo "== $name: $*"
   "$CLI" -q -f json run -m tiny-rope,tiny-drope "$@" >"$OUT/$name.json"
-  local id
-  id=$(/usr/bin/python3 -c 'import json,sys
-for line in open(sys.argv[1]):
-    line=line.strip()
-    if not line: continue
-    try: d=json.loads(line)
-    except Exception: continue
-    for k in ("job_id","jobId","id"):
-        if isinstance(d,dict) and k in d: print(d[k]); sys.exit()
-' "$OUT/$name.json" || true)
-  if [[ -n $id ]]; then "$CLI" get "$id" >"$OUT/$name.txt" 2>&1 || true; fi
+  "$CLI" -q run -m tiny-rope,tiny-drope "$@" >"$OUT/$name.txt"
 }
 
 HELD=(--dataset brown-heldout --max-prompts "$PROMPTS" --max-tokens "$TOKENS")
@@ -60,6 +50,8 @@ job sink_exclude_bos "${HELD[@]}" --sink-rate --query-rows exclude-bos
 job sink_pre_rotary "${HELD[@]}" --sink-rate --attention pre-rotary
 # Q/K massive-dimension disruption (study Exp. 2: zero replacement, λ=5) with random-dimension controls.
 job qk_disruption "${HELD[@]}" --perplexity --qk-disruption --control-seeds 42,43,44,45,46
+# BOS-MLP ablation at every layer (the study ablates only at its spike layer).
+job bos_mlp_layers "${HELD[@]}" --perplexity --bos-mlp 0 --bos-mlp 1 --bos-mlp 2 --bos-mlp 3 --bos-mlp 4 --bos-mlp 5
 # Exp. 1 on the study's own three texts.
 job massive_study_texts --dataset study-massive-comparison --massive
 echo "measure_pair: results in $OUT"
