@@ -31,18 +31,29 @@ class StreamReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
   }
 
   void OnWriteDone(bool ok) override {
-    if (!ok) {  // client went away
-      Finish(grpc::Status::CANCELLED);
-      return;
-    }
+    bool finish = false;
     {
       std::lock_guard<std::recursive_mutex> l(mu_);
       writing_ = false;
+      if (!ok && !finished_) finished_ = finish = true;  // client went away
+    }
+    if (finish) {
+      Finish(grpc::Status::CANCELLED);
+      return;
     }
     Pump();
   }
 
-  void OnCancel() override {}
+  // Client cancelled or disconnected: if no write is in flight (e.g. waiting for a queued job's next event),
+  // finish now rather than when the job next emits; an in-flight write ends in OnWriteDone(false) instead.
+  void OnCancel() override {
+    bool finish = false;
+    {
+      std::lock_guard<std::recursive_mutex> l(mu_);
+      if (!finished_ && !writing_) finished_ = finish = true;
+    }
+    if (finish) Finish(grpc::Status::CANCELLED);
+  }
 
   void OnDone() override {
     {

@@ -459,6 +459,28 @@ TEST_F(ServerTest, CancelWhileRunningStopsAtALayerBoundary) {
   }
 }
 
+TEST_F(ServerTest, ClientCancellingAWaitingStreamFreesIt) {
+  server_->jobs().SetPaused(true);
+  auto id = Submit(SinkJob({"tiny-rope"}));
+  ASSERT_TRUE(id.ok());
+  for (int i = 0; i < 3; ++i) {  // watchers that give up while the job is still queued
+    grpc::ClientContext ctx;
+    v1::StreamJobRequest req;
+    req.set_job_id(*id);
+    auto reader = stub_->StreamJob(&ctx, req);
+    v1::JobEvent ev;
+    ASSERT_TRUE(reader->Read(&ev));
+    EXPECT_TRUE(ev.has_accepted());
+    ctx.TryCancel();
+    while (reader->Read(&ev)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  server_->jobs().SetPaused(false);
+  // The job still runs and a new watcher sees it through to the end.
+  EXPECT_EQ(Stream(*id).back().finished().state(), v1::JOB_STATE_SUCCEEDED);
+}
+
 TEST_F(ServerTest, ShutdownEndsOpenStreamsWithFinished) {
   server_->jobs().SetPaused(true);
   auto id = Submit(SinkJob({"tiny-rope"}));
