@@ -41,7 +41,7 @@ fi
 if [[ ! -f "$BUILD/build.ninja" ]]; then
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 fi
-ninja -C "$BUILD" sinkscope-train
+ninja -C "$BUILD" -j2 sinkscope-train
 TRAIN="$BUILD/tools/train/sinkscope-train"
 
 RESUME_FLAG=()
