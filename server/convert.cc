@@ -13,6 +13,18 @@ absl::Status Bad(const std::string& field, const std::string& why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
 }
 
+// λ-style parameters: strictly positive and finite.
+absl::StatusOr<double> PositiveFinite(double v, const std::string& field) {
+  if (!(v > 0) || !std::isfinite(v)) return Bad(field, absl::StrCat(v, " must be > 0"));
+  return v;
+}
+
+// top_k fields: 0 means the default of 8; at most 64.
+absl::StatusOr<int32_t> TopK(int32_t k, const std::string& field) {
+  if (k < 0 || k > 64) return Bad(field, absl::StrCat(k, " not in [0,64]"));
+  return k == 0 ? 8 : k;
+}
+
 absl::StatusOr<job::Inputs> InputsFrom(const v1::Inputs& p, const std::string& where) {
   job::Inputs in;
   switch (p.source_case()) {
@@ -115,11 +127,7 @@ absl::StatusOr<job::Intervention> InterventionFrom(const v1::Intervention& p, co
     case v1::Intervention::kQkMassive: {
       const auto& q = p.qk_massive();
       job::QkMassiveDisruption d;
-      if (q.has_lambda()) {
-        if (!(q.lambda() > 0) || !std::isfinite(q.lambda()))
-          return Bad(where + ".qk_massive.lambda", absl::StrCat(q.lambda(), " must be > 0"));
-        d.lambda = q.lambda();
-      }
+      if (q.has_lambda()) ASSIGN_OR_RETURN_C(d.lambda, PositiveFinite(q.lambda(), where + ".qk_massive.lambda"));
       ASSIGN_OR_RETURN_C(d.scope, ScopeFrom(q.scope(), where + ".qk_massive.scope"));
       ASSIGN_OR_RETURN_C(d.replacement, ReplacementFrom(q.replacement(), where + ".qk_massive.replacement"));
       if (q.has_identify_on()) {
@@ -138,11 +146,7 @@ absl::StatusOr<job::Intervention> InterventionFrom(const v1::Intervention& p, co
       if (t.k() < 0) return Bad(where + ".top_per_head.k", absl::StrCat(t.k(), " < 0"));
       r.k = t.k() == 0 ? 1 : t.k();
       r.post_rotary = t.post_rotary();
-      if (t.has_lambda()) {
-        if (!(t.lambda() > 0) || !std::isfinite(t.lambda()))
-          return Bad(where + ".top_per_head.lambda", absl::StrCat(t.lambda(), " must be > 0"));
-        r.lambda = t.lambda();
-      }
+      if (t.has_lambda()) ASSIGN_OR_RETURN_C(r.lambda, PositiveFinite(t.lambda(), where + ".top_per_head.lambda"));
       r.smallest = t.smallest();
       iv.kind = r;
       break;
@@ -207,11 +211,7 @@ absl::StatusOr<job::AnalysisSpec> AnalysisFrom(const v1::Analysis& a, const std:
     case v1::Analysis::kMassiveValues: {
       job::MassiveValuesSpec s;
       const auto& p = a.massive_values();
-      if (p.has_lambda()) {
-        if (!(p.lambda() > 0) || !std::isfinite(p.lambda()))
-          return Bad(where + ".massive_values.lambda", absl::StrCat(p.lambda(), " must be > 0"));
-        s.lambda = p.lambda();
-      }
+      if (p.has_lambda()) ASSIGN_OR_RETURN_C(s.lambda, PositiveFinite(p.lambda(), where + ".massive_values.lambda"));
       if (p.tensors_size() > 0) {
         s.tensors.clear();
         for (int i = 0; i < p.tensors_size(); ++i) {
@@ -222,9 +222,7 @@ absl::StatusOr<job::AnalysisSpec> AnalysisFrom(const v1::Analysis& a, const std:
       }
       s.post_rotary = p.post_rotary();
       ASSIGN_OR_RETURN_C(s.scope, ScopeFrom(p.scope(), where + ".massive_values.scope"));
-      if (p.top_k() < 0 || p.top_k() > 64)
-        return Bad(where + ".massive_values.top_k", absl::StrCat(p.top_k(), " not in [0,64]"));
-      s.top_k = p.top_k() == 0 ? 8 : p.top_k();
+      ASSIGN_OR_RETURN_C(s.top_k, TopK(p.top_k(), where + ".massive_values.top_k"));
       return s;
     }
     case v1::Analysis::kResidualStats:
@@ -247,9 +245,7 @@ absl::StatusOr<job::AnalysisSpec> AnalysisFrom(const v1::Analysis& a, const std:
       const auto& p = a.activation_stats();
       if (p.hooks_size() == 0) return Bad(where + ".activation_stats.hooks", "empty list");
       s.hooks.assign(p.hooks().begin(), p.hooks().end());
-      if (p.top_k() < 0 || p.top_k() > 64)
-        return Bad(where + ".activation_stats.top_k", absl::StrCat(p.top_k(), " not in [0,64]"));
-      s.top_k = p.top_k() == 0 ? 8 : p.top_k();
+      ASSIGN_OR_RETURN_C(s.top_k, TopK(p.top_k(), where + ".activation_stats.top_k"));
       return s;
     }
     default:
