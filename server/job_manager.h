@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "common/job/runner.h"
+#include "common/job/plan.h"
 #include "server/metrics.h"
 #include "server/registry.h"
 #include "sinkscope/v1/service.pb.h"

@@ -9,7 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "common/job/runner.h"
+#include "common/job/plan.h"
 #include "server/config.h"
 #include "sinkscope/v1/models.pb.h"
 

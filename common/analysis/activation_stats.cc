@@ -119,13 +119,13 @@ class ActivationStats final : public LayerAnalysis {
 
   bool HasModelLevel() const override {
     for (const auto& h : hooks_)
-      if (LayerOfHook(h) < 0) return true;
+      if (LayerOf(h) < 0) return true;
     return false;
   }
 
   void Fill(int32_t layer, job::LayerResult* out) const override {
     for (size_t i = 0; i < hooks_.size(); ++i) {
-      if (LayerOfHook(hooks_[i]) != layer) continue;
+      if (LayerOf(hooks_[i]) != layer) continue;
       Acc all = bos_[i];
       if (all.abs_sum.defined()) all.abs_sum = all.abs_sum.clone();
       all.Merge(rest_[i]);
@@ -136,6 +136,9 @@ class ActivationStats final : public LayerAnalysis {
   }
 
  private:
+  // Hooks are validated (job/validate.cc), so the name parses.
+  int64_t LayerOf(const std::string& hook) const { return model::ParseHookName(hook, dims_.n_layers)->layer; }
+
   job::ActivationStatsSpec spec_;
   ModelDims dims_;
   std::vector<std::string> hooks_;

@@ -2,7 +2,6 @@
 #include "common/analysis/analysis.h"
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -20,40 +19,6 @@ ModelDims ModelDims::From(const model::LlamaConfig& c) {
   d.vocab = c.vocab_size;
   d.rope = c.uses_rope();
   return d;
-}
-
-std::string LayerHook(int64_t layer, std::string_view suffix) {
-  return absl::StrCat("blocks.", layer, ".", std::string(suffix));
-}
-
-bool IsPerHeadHook(std::string_view h) {
-  for (const char* s :
-       {"attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_z"})
-    if (h.ends_with(s)) return true;
-  return false;
-}
-
-int64_t HeadsOfHook(std::string_view h, const ModelDims& d) {
-  if (h.ends_with("attn.hook_q") || h.ends_with("attn.hook_rot_q") || h.ends_with("attn.hook_z")) return d.n_heads;
-  if (h.ends_with("attn.hook_k") || h.ends_with("attn.hook_v") || h.ends_with("attn.hook_rot_k")) return d.n_kv_heads;
-  return 0;
-}
-
-int64_t FeatureDimOfHook(std::string_view h, const ModelDims& d) {
-  if (h.ends_with("attn.hook_pattern")) return 0;
-  if (IsPerHeadHook(h)) return d.head_dim;
-  if (h.ends_with("mlp.hook_post")) return d.d_mlp;
-  return d.d_model;
-}
-
-int64_t LayerOfHook(std::string_view h) {
-  constexpr std::string_view kPrefix = "blocks.";
-  if (!h.starts_with(kPrefix)) return -1;
-  const size_t dot = h.find('.', kPrefix.size());
-  int64_t layer = -1;
-  if (dot == std::string_view::npos) return -1;
-  std::from_chars(h.data() + kPrefix.size(), h.data() + dot, layer);
-  return layer;
 }
 
 void StatAcc::Add(double x) {

@@ -40,18 +40,6 @@ struct PromptCtx {
   int64_t T = 0;
 };
 
-// "blocks.{layer}.{suffix}", e.g. LayerHook(3, "attn.hook_q") = "blocks.3.attn.hook_q".
-std::string LayerHook(int64_t layer, std::string_view suffix);
-// Hook suffixes that carry a per-head [T, heads, head_dim] tensor (hook_q/k/v/rot_q/rot_k/z).
-bool IsPerHeadHook(std::string_view hook_name);
-// Number of heads of a per-head hook (n_heads for q/rot_q/z, n_kv_heads for k/v/rot_k); 0 for other hooks.
-int64_t HeadsOfHook(std::string_view hook_name, const ModelDims& d);
-// Size of the last (feature) dimension of a hook's activation: head_dim for per-head hooks, d_mlp for
-// mlp.hook_post, d_model otherwise; 0 for hook_pattern (no feature axis).
-int64_t FeatureDimOfHook(std::string_view hook_name, const ModelDims& d);
-// Layer of a valid hook name: L for "blocks.L.*", -1 for hook_embed / ln_final.hook_normalized.
-int64_t LayerOfHook(std::string_view hook_name);
-
 // Welford accumulator in float64: mean and population std (ddof 0) of a scalar over prompts.
 class StatAcc {
  public:

@@ -23,7 +23,7 @@ std::vector<int64_t> ToIndices(const at::Tensor& flat_mask) {
 }
 
 // Replaces the flat dims `idx` (of the [T, heads·hd] view) by 0 or by their mean over positions.
-model::Intervention DimEdit(std::vector<int64_t> idx, job::Replacement replacement) {
+model::InterveneFn DimEdit(std::vector<int64_t> idx, job::Replacement replacement) {
   at::Tensor index = IndexTensor(idx);
   return [index, replacement](const model::HookPoint&, const at::Tensor& x) {
     const int64_t T = x.size(0);
@@ -42,7 +42,7 @@ model::Intervention DimEdit(std::vector<int64_t> idx, job::Replacement replaceme
 }  // namespace interventions_internal
 
 void AddBosMlpAblation(int64_t layer, model::HookSet* hooks) {
-  hooks->Intervene(LayerHook(layer, "hook_mlp_out"), [](const model::HookPoint&, const at::Tensor& x) {
+  hooks->Intervene(model::HookName(layer, model::HookId::kMlpOut), [](const model::HookPoint&, const at::Tensor& x) {
     at::Tensor y = x.clone();
     y.select(0, 0).zero_();
     return y;
@@ -65,12 +65,12 @@ QkIdentifier::QkIdentifier(const ModelDims& dims) : dims_(dims), q_sum_(dims.n_l
 
 void QkIdentifier::Register(model::HookSet* hooks) {
   for (int64_t l = 0; l < dims_.n_layers; ++l) {
-    hooks->Observe(LayerHook(l, "attn.hook_q"), [this, l](const model::HookPoint&, const at::Tensor& x) {
+    hooks->Observe(model::HookName(l, model::HookId::kQ), [this, l](const model::HookPoint&, const at::Tensor& x) {
       at::Tensor N = NormMatrix(x).cpu();
       q_sum_[l] = q_sum_[l].defined() ? q_sum_[l] + N : N;
       if (l == 0) ++n_prompts_;
     });
-    hooks->Observe(LayerHook(l, "attn.hook_k"), [this, l](const model::HookPoint&, const at::Tensor& x) {
+    hooks->Observe(model::HookName(l, model::HookId::kK), [this, l](const model::HookPoint&, const at::Tensor& x) {
       at::Tensor N = NormMatrix(x).cpu();
       k_sum_[l] = k_sum_[l].defined() ? k_sum_[l] + N : N;
     });
@@ -121,9 +121,9 @@ QkMasks RandomControlMasks(const QkMasks& m, const ModelDims& dims, uint64_t see
 void AddQkDisruption(const QkMasks& m, job::Replacement replacement, bool use_q, bool use_k, model::HookSet* hooks) {
   for (size_t l = 0; l < m.q.size(); ++l) {
     if (use_q && !m.q[l].empty())
-      hooks->Intervene(LayerHook(l, "attn.hook_q"), interventions_internal::DimEdit(m.q[l], replacement));
+      hooks->Intervene(model::HookName(l, model::HookId::kQ), interventions_internal::DimEdit(m.q[l], replacement));
     if (use_k && !m.k[l].empty())
-      hooks->Intervene(LayerHook(l, "attn.hook_k"), interventions_internal::DimEdit(m.k[l], replacement));
+      hooks->Intervene(model::HookName(l, model::HookId::kK), interventions_internal::DimEdit(m.k[l], replacement));
   }
 }
 
@@ -140,8 +140,8 @@ void AddTopPerHead(const job::TopPerHeadMeanReplacement& spec, const ModelDims& 
     return at::where(sel.unsqueeze(0), means, x);
   };
   for (int64_t l = 0; l < dims.n_layers; ++l) {
-    hooks->Intervene(LayerHook(l, spec.post_rotary ? "attn.hook_rot_q" : "attn.hook_q"), fn);
-    hooks->Intervene(LayerHook(l, spec.post_rotary ? "attn.hook_rot_k" : "attn.hook_k"), fn);
+    hooks->Intervene(model::HookName(l, spec.post_rotary ? model::HookId::kRotQ : model::HookId::kQ), fn);
+    hooks->Intervene(model::HookName(l, spec.post_rotary ? model::HookId::kRotK : model::HookId::kK), fn);
   }
 }
 
@@ -155,7 +155,7 @@ void AddHeadAblation(const job::HeadAblation& spec, const ModelDims& dims, model
                           .to(at::kBool)
                           .view({1, -1, 1});
     const job::Replacement r = spec.replacement;
-    hooks->Intervene(LayerHook(layer, "attn.hook_z"), [mask, r](const model::HookPoint&, const at::Tensor& z) {
+    hooks->Intervene(model::HookName(layer, model::HookId::kZ), [mask, r](const model::HookPoint&, const at::Tensor& z) {
       at::Tensor mk = mask.to(z.device());
       if (r == job::Replacement::kZero) return z.masked_fill(mk, 0);
       at::Tensor means = z.to(at::kFloat).mean(0, /*keepdim=*/true).to(z.scalar_type());
@@ -166,7 +166,8 @@ void AddHeadAblation(const job::HeadAblation& spec, const ModelDims& dims, model
 
 void AddActivationEdits(const std::vector<job::ActivationEdit>& edits, const ModelDims& dims, model::HookSet* hooks) {
   for (const job::ActivationEdit& e : edits) {
-    const bool per_head = IsPerHeadHook(e.hook);
+    // Edits are validated (job/validate.cc): the name parses and has a feature axis.
+    const bool per_head = model::ParseHookName(e.hook, dims.n_layers)->per_head();
     hooks->Intervene(e.hook, [e, per_head](const model::HookPoint&, const at::Tensor& x) {
       const int64_t T = x.size(0);
       auto bools = at::TensorOptions().dtype(at::kBool).device(x.device());

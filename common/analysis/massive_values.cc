@@ -29,16 +29,16 @@ at::Tensor MassiveMask(const at::Tensor& M, double lambda, job::ThresholdScope s
 
 namespace massive_values_internal {
 
-const char* HookSuffix(job::QkvTensor t, bool post_rotary) {
+model::HookId HookOf(job::QkvTensor t, bool post_rotary) {
   switch (t) {
     case job::QkvTensor::kQ:
-      return post_rotary ? "attn.hook_rot_q" : "attn.hook_q";
+      return post_rotary ? model::HookId::kRotQ : model::HookId::kQ;
     case job::QkvTensor::kK:
-      return post_rotary ? "attn.hook_rot_k" : "attn.hook_k";
+      return post_rotary ? model::HookId::kRotK : model::HookId::kK;
     case job::QkvTensor::kV:
-      return "attn.hook_v";
+      return model::HookId::kV;
   }
-  return "attn.hook_v";
+  return model::HookId::kV;
 }
 
 class MassiveValues final : public LayerAnalysis {
@@ -56,7 +56,7 @@ class MassiveValues final : public LayerAnalysis {
     for (size_t i = 0; i < tensors_.size(); ++i) {
       per_[i].prompt_total = 0;
       for (int64_t l = 0; l < dims_.n_layers; ++l)
-        hooks->Observe(LayerHook(l, HookSuffix(tensors_[i], spec_.post_rotary)),
+        hooks->Observe(model::HookName(l, HookOf(tensors_[i], spec_.post_rotary)),
                        [this, i, l](const model::HookPoint&, const at::Tensor& x) { Observe(i, l, x); });
     }
   }

@@ -47,7 +47,7 @@ class MatrixEntropy final : public LayerAnalysis {
   void Register(const PromptCtx&, model::HookSet* hooks) override {
     for (int64_t l = 0; l < dims_.n_layers; ++l) {
       const bool final_norm = spec_.final_norm_last_layer && l == dims_.n_layers - 1;
-      hooks->Observe(final_norm ? std::string("ln_final.hook_normalized") : LayerHook(l, "hook_resid_post"),
+      hooks->Observe(final_norm ? std::string("ln_final.hook_normalized") : model::HookName(l, model::HookId::kResidPost),
                      [this, l](const model::HookPoint&, const at::Tensor& x) {
                        const EntropyStats s = ComputeMatrixEntropy(x);
                        layers_[l].entropy.Add(s.entropy);

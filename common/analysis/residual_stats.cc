@@ -48,7 +48,7 @@ class Impl final : public ResidualStats {
     });
     for (int64_t l = 0; l < dims_.n_layers; ++l) {
       const bool final_norm = spec_.final_norm_last_layer && l == dims_.n_layers - 1;
-      hooks->Observe(final_norm ? std::string("ln_final.hook_normalized") : LayerHook(l, "hook_resid_post"),
+      hooks->Observe(final_norm ? std::string("ln_final.hook_normalized") : model::HookName(l, model::HookId::kResidPost),
                      [this, l](const model::HookPoint&, const at::Tensor& x) {
                        const BosStats s = ComputeBosStats(x);
                        layers_[l].bos.Add(s.bos_norm);

@@ -24,7 +24,7 @@ class SinkRate final : public LayerAnalysis {
     const bool exclude = spec_.query_rows == job::QueryRows::kExcludeBos;
     for (int64_t l = 0; l < dims_.n_layers; ++l) {
       if (spec_.source == job::AttentionSource::kModel) {
-        hooks->Observe(LayerHook(l, "attn.hook_pattern"),
+        hooks->Observe(model::HookName(l, model::HookId::kPattern),
                        [this, l, p, exclude](const model::HookPoint& hp, const at::Tensor& P) {
                          // P: [H, tq, T] float32, query rows [q_offset, q_offset + tq).
                          if (hp.q_offset == 0) {
@@ -43,9 +43,9 @@ class SinkRate final : public LayerAnalysis {
                          if (hp.q_offset + tq == p.T) Finish(l);
                        });
       } else {
-        hooks->Observe(LayerHook(l, "attn.hook_q"),
+        hooks->Observe(model::HookName(l, model::HookId::kQ),
                        [this](const model::HookPoint&, const at::Tensor& q) { q_ = q; });  // not modified later
-        hooks->Observe(LayerHook(l, "attn.hook_k"), [this, l, exclude](const model::HookPoint&, const at::Tensor& k) {
+        hooks->Observe(model::HookName(l, model::HookId::kK), [this, l, exclude](const model::HookPoint&, const at::Tensor& k) {
           int64_t rows = 0;
           at::Tensor s = PreRotaryBosAttentionSums(q_, k, exclude, &rows);
           q_ = at::Tensor();

@@ -2,12 +2,12 @@
 #include "common/job/datasets.h"
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/util/file.h"
 #include "common/util/sha256.h"
 
 namespace sinkscope::job {
@@ -75,9 +75,10 @@ absl::StatusOr<Dataset> LoadFile(const FileBacked& fb, const std::string& data_d
   if (data_dir.empty())
     return absl::NotFoundError(
         absl::StrCat("dataset \"", fb.name, "\" needs a datasets directory (", fb.file, "), but none is configured"));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("dataset \"", fb.name, "\": file ", path, " not found"));
+  absl::StatusOr<std::string> text = util::ReadFile(path);
+  if (!text.ok()) return absl::NotFoundError(absl::StrCat("dataset \"", fb.name, "\": file ", path, " not found"));
   std::vector<std::string> prompts;
+  std::istringstream in(*text);
   std::string line;
   while (std::getline(in, line)) {
     if (!line.empty() && line.back() == '\r') line.pop_back();

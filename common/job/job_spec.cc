@@ -1,5 +1,7 @@
 #include "common/job/job_spec.h"
 
+#include "common/util/overloaded.h"
+
 namespace sinkscope::job {
 
 const char* Name(QkvTensor t) {
@@ -26,6 +28,16 @@ const char* Name(PositionClass p) {
     case PositionClass::kAll: return "all";
   }
   return "?";
+}
+
+const char* KindName(const AnalysisSpec& a) {
+  return std::visit(Overloaded{[](const SinkRateSpec&) { return "sink_rate"; },
+                               [](const MassiveValuesSpec&) { return "massive_values"; },
+                               [](const ResidualStatsSpec&) { return "residual_stats"; },
+                               [](const MatrixEntropySpec&) { return "matrix_entropy"; },
+                               [](const PerplexitySpec&) { return "perplexity"; },
+                               [](const ActivationStatsSpec&) { return "activation_stats"; }},
+                    a);
 }
 
 }  // namespace sinkscope::job

@@ -229,5 +229,6 @@ using CancelCheck = std::function<absl::Status()>;
 const char* Name(QkvTensor t);   // "q" | "k" | "v"
 const char* Name(SpikeRule r);   // "argmax_ratio" | "argmax_jump"
 const char* Name(PositionClass p);  // "bos" | "rest" | "all"
+const char* KindName(const AnalysisSpec& a);  // "sink_rate" | "massive_values" | ... | "activation_stats"
 
 }  // namespace sinkscope::job

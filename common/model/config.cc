@@ -10,12 +10,12 @@
 #include "common/model/config.h"
 
 #include <cmath>
-#include <fstream>
 #include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "common/util/file.h"
 #include "nlohmann/json.hpp"
 
 namespace sinkscope::model {
@@ -232,11 +232,9 @@ absl::StatusOr<LlamaConfig> ParseLlamaConfig(const std::string& json_text) {
 
 absl::StatusOr<LlamaConfig> LoadLlamaConfig(const std::string& model_dir) {
   const std::string path = model_dir + "/config.json";
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  auto cfg = ParseLlamaConfig(ss.str());
+  absl::StatusOr<std::string> text = util::ReadFile(path);
+  if (!text.ok()) return text.status();
+  auto cfg = ParseLlamaConfig(*text);
   if (!cfg.ok()) {
     absl::string_view msg = cfg.status().message();
     absl::ConsumePrefix(&msg, "config.json: ");

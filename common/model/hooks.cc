@@ -1,8 +1,7 @@
-// Hook names (TransformerLens convention) and HookSet::Run. Only needs <ATen/core/Tensor.h>.
+// Hook names (the table in hooks.h) and HookSet. Only needs <ATen/core/Tensor.h>.
 #include "common/model/hooks.h"
 
 #include <algorithm>
-#include <array>
 #include <charconv>
 
 #include "absl/strings/str_cat.h"
@@ -11,15 +10,8 @@
 namespace sinkscope::model {
 namespace {
 
-// Per-layer hook suffixes in forward order (see hooks.h for layouts and docs/hooks.md for the HF equivalents).
-constexpr std::array<const char*, 15> kLayerHooks = {
-    "hook_resid_pre",    "ln1.hook_normalized", "attn.hook_q",     "attn.hook_k",        "attn.hook_v",
-    "attn.hook_rot_q",   "attn.hook_rot_k",     "attn.hook_pattern", "attn.hook_z",      "hook_attn_out",
-    "hook_resid_mid",    "ln2.hook_normalized", "mlp.hook_post",   "hook_mlp_out",       "hook_resid_post",
-};
-
 // Levenshtein distance, for "did you mean" suggestions on typos.
-size_t EditDistance(const std::string& a, const std::string& b) {
+size_t EditDistance(std::string_view a, std::string_view b) {
   std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
   for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
   for (size_t i = 1; i <= a.size(); ++i) {
@@ -31,50 +23,76 @@ size_t EditDistance(const std::string& a, const std::string& b) {
   return prev[b.size()];
 }
 
+absl::Status Unknown(std::string_view name, int64_t n_layers) {
+  // Suggest the closest valid name.
+  std::string best;
+  size_t best_d = std::string::npos;
+  for (const std::string& cand : AllHookNames(std::min<int64_t>(n_layers, 64))) {
+    const size_t d = EditDistance(name, cand);
+    if (d < best_d) best_d = d, best = cand;
+  }
+  std::vector<const char*> suffixes;
+  for (const HookInfo& h : kLayerHooks) suffixes.push_back(h.suffix);
+  const std::string hint = best_d <= 4 ? absl::StrCat(" (did you mean \"", best, "\"?)") : "";
+  return absl::InvalidArgumentError(absl::StrCat("unknown hook name \"", std::string(name), "\"", hint, "; valid names: ", kEmbedHook,
+                                                 ", blocks.{0..", n_layers - 1, "}.{", absl::StrJoin(suffixes, ","),
+                                                 "}, ", kFinalNormHook));
+}
+
 }  // namespace
+
+std::string HookName(int64_t layer, HookId id) { return absl::StrCat("blocks.", layer, ".", Info(id).suffix); }
 
 std::vector<std::string> AllHookNames(int64_t n_layers) {
   std::vector<std::string> names;
   names.reserve(2 + kLayerHooks.size() * static_cast<size_t>(std::max<int64_t>(n_layers, 0)));
-  names.emplace_back("hook_embed");
+  names.emplace_back(kEmbedHook);
   for (int64_t l = 0; l < n_layers; ++l)
-    for (const char* s : kLayerHooks) names.push_back(absl::StrCat("blocks.", l, ".", s));
-  names.emplace_back("ln_final.hook_normalized");
+    for (const HookInfo& h : kLayerHooks) names.push_back(HookName(l, h.id));
+  names.emplace_back(kFinalNormHook);
   return names;
 }
 
-absl::Status ValidateHookName(const std::string& name, int64_t n_layers) {
-  if (name == "hook_embed" || name == "ln_final.hook_normalized") return absl::OkStatus();
-  auto unknown = [&]() {
-    // Suggest the closest valid name (layer kept if it parsed).
-    std::string best;
-    size_t best_d = std::string::npos;
-    for (const std::string& cand : AllHookNames(std::min<int64_t>(n_layers, 64))) {
-      size_t d = EditDistance(name, cand);
-      if (d < best_d) best_d = d, best = cand;
-    }
-    std::string hint = best_d <= 4 ? absl::StrCat(" (did you mean \"", best, "\"?)") : "";
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unknown hook name \"", name, "\"", hint, "; valid names: hook_embed, blocks.{0..", n_layers - 1, "}.{",
-        absl::StrJoin(kLayerHooks, ","), "}, ln_final.hook_normalized"));
-  };
+absl::StatusOr<HookRef> ParseHookName(std::string_view name, int64_t n_layers) {
+  if (name == std::string_view(kEmbedHook) || name == std::string_view(kFinalNormHook)) return HookRef{};
   constexpr std::string_view kPrefix = "blocks.";
-  if (name.compare(0, kPrefix.size(), kPrefix) != 0) return unknown();
-  size_t dot = name.find('.', kPrefix.size());
-  if (dot == std::string::npos || dot == kPrefix.size()) return unknown();
+  if (!name.starts_with(kPrefix)) return Unknown(name, n_layers);
+  const size_t dot = name.find('.', kPrefix.size());
+  if (dot == std::string_view::npos || dot == kPrefix.size()) return Unknown(name, n_layers);
   int64_t layer = -1;
   const char* first = name.data() + kPrefix.size();
   const char* last = name.data() + dot;
   auto [ptr, ec] = std::from_chars(first, last, layer);
-  if (ec != std::errc() || ptr != last || (last - first > 1 && *first == '0')) return unknown();
-  std::string suffix = name.substr(dot + 1);
-  if (std::find_if(kLayerHooks.begin(), kLayerHooks.end(), [&](const char* s) { return suffix == s; }) ==
-      kLayerHooks.end())
-    return unknown();
+  if (ec != std::errc() || ptr != last || (last - first > 1 && *first == '0')) return Unknown(name, n_layers);
+  const std::string_view suffix = name.substr(dot + 1);
+  const auto it = std::find_if(kLayerHooks.begin(), kLayerHooks.end(),
+                               [&](const HookInfo& h) { return std::string_view(h.suffix) == suffix; });
+  if (it == kLayerHooks.end()) return Unknown(name, n_layers);
   if (layer < 0 || layer >= n_layers)
     return absl::InvalidArgumentError(
-        absl::StrCat("hook name \"", name, "\": layer ", layer, " is out of range [0, ", n_layers, ")"));
-  return absl::OkStatus();
+        absl::StrCat("hook name \"", std::string(name), "\": layer ", layer, " is out of range [0, ", n_layers, ")"));
+  return HookRef{layer, it->layout, &*it};
+}
+
+absl::Status ValidateHookName(std::string_view name, int64_t n_layers) { return ParseHookName(name, n_layers).status(); }
+
+int64_t HeadsOf(HookLayout layout, const LlamaConfig& c) {
+  switch (layout) {
+    case HookLayout::kHeads: return c.num_attention_heads;
+    case HookLayout::kKvHeads: return c.num_key_value_heads;
+    default: return 0;
+  }
+}
+
+int64_t FeaturesOf(HookLayout layout, const LlamaConfig& c) {
+  switch (layout) {
+    case HookLayout::kResidual: return c.hidden_size;
+    case HookLayout::kHeads:
+    case HookLayout::kKvHeads: return c.head_dim;
+    case HookLayout::kMlp: return c.intermediate_size;
+    case HookLayout::kPattern: return 0;
+  }
+  return 0;
 }
 
 at::Tensor HookSet::Run(const std::string& name, int layer, const at::Tensor& x, int64_t q_offset) const {
@@ -85,6 +103,21 @@ at::Tensor HookSet::Run(const std::string& name, int layer, const at::Tensor& x,
   if (auto it = observers_.find(name); it != observers_.end())
     for (const auto& fn : it->second) fn(hp, y);
   return y;
+}
+
+absl::Status HookSet::Validate(int64_t n_layers) const {
+  for (const auto& [name, fns] : observers_) {
+    absl::Status st = ValidateHookName(name, n_layers);
+    if (!st.ok()) return st;
+  }
+  for (const auto& [name, fns] : interventions_) {
+    absl::StatusOr<HookRef> ref = ParseHookName(name, n_layers);
+    if (!ref.ok()) return ref.status();
+    if (!ref->editable())
+      return absl::InvalidArgumentError(
+          absl::StrCat("hook ", name, " is observe-only: interventions on attention patterns are not supported"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace sinkscope::model

@@ -1,6 +1,6 @@
-// Llama / DroPE forward pass and checkpoint loading (the engine's main LibTorch TU).
+// Llama / DroPE forward pass (the engine's main LibTorch TU). Loading is in weights.cc.
 //
-// Math (Hugging Face LlamaForCausalLM, transformers 4.5x, batch 1, no padding, positions 0..T-1):
+// Math (Hugging Face LlamaForCausalLM, transformers 4.5x, no padding; for each prompt, positions 0..T-1):
 //   h_0      = E[ids]                                                    hook_embed
 //   per layer l (x = h_l = resid_pre):
 //     a      = RMSNorm(x; w_in)                                          ln1.hook_normalized
@@ -23,47 +23,27 @@
 // RMSNorm(x; w) = w * (x.float() * rsqrt(mean(x.float()^2, -1) + eps)).to(x.dtype)   (HF LlamaRMSNorm)
 // RoPE: inv_freq_i = 1 / theta^(2i/hd) (fp32), angle[t, i] = t·inv_freq_i, cos/sin over cat(angle, angle) in fp32,
 //   cast to the compute dtype; rot(x) = x·cos + rotate_half(x)·sin, rotate_half(x) = cat(-x[hd/2:], x[:hd/2]).
+//
+// Packing: several prompts run as one [ΣT, d] sequence through every per-token step (norms, projections, MLP: the
+// weights are read once for all of them); attention and RoPE positions are per prompt. Consecutive prompts of
+// equal length attend as one batch ([G·Hkv, rep·T, hd] GEMMs); no prompt sees another. Each prompt's hooks see
+// only its own rows, so every analysis is the same as in a one-prompt forward.
 // Attention runs over query chunks [q0, q1) against keys [0, q1), so the full T×T score matrix of all heads is
-// never materialised; results are identical to the unchunked computation up to fp32 reassociation (none: each
-// row's softmax sees the same numbers).
+// never materialised; each row's softmax sees the same numbers as the unchunked computation.
 #include <ATen/ATen.h>
-#include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <array>
-#include <cmath>
-#include <cstring>
 #include <limits>
-#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/model/llama.h"
-#include "common/model/safetensors.h"
 #include "common/util/status_macros.h"
 
 namespace sinkscope::model {
 namespace {
 
 std::string ShapeStr(at::IntArrayRef s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
-
-std::string DtypeName(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "float32";
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    case at::kDouble: return "float64";
-    default: return std::string(c10::toString(t));
-  }
-}
-
-absl::StatusOr<at::ScalarType> ParseDtype(const std::string& s) {
-  if (s == "float32" || s == "fp32" || s == "float") return at::kFloat;
-  if (s == "bfloat16" || s == "bf16") return at::kBFloat16;
-  if (s == "float16" || s == "fp16" || s == "half") return at::kHalf;
-  return absl::InvalidArgumentError(
-      absl::StrCat("dtype \"", s, "\" is not supported (expected float32, bfloat16 or float16)"));
-}
 
 // Accumulation dtype for norms, attention scores and logits: float32, or float64 when computing in float64 (used by
 // gradient checks).
@@ -82,38 +62,71 @@ at::Tensor RotateHalf(const at::Tensor& x) {
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
-// Per-forward hook plumbing. Names are built only when a HookSet with entries is given.
-constexpr int kNumLayerHooks = 15;
-enum LayerHook {
-  kResidPre, kLn1, kQ, kK, kV, kRotQ, kRotK, kPattern, kZ, kAttnOut, kResidMid, kLn2, kMlpPost, kMlpOut, kResidPost
+// The prompts of one forward: their lengths, offsets in the packed sequence and hook sets.
+struct Segments {
+  std::vector<int64_t> len, off;
+  std::vector<const HookSet*> hooks;  // one per prompt; null = no hooks
+  int64_t max_len = 0;
+  size_t size() const { return len.size(); }
 };
 
-struct HookCtx {
-  const HookSet* hooks = nullptr;  // null when no hooks registered
-  std::vector<std::array<std::string, kNumLayerHooks>> names;
-  std::vector<std::array<bool, kNumLayerHooks>> wants;
-  std::string embed = "hook_embed", ln_final = "ln_final.hook_normalized";
-  bool want_embed = false, want_ln_final = false;
-
-  void Init(const HookSet* h, int64_t n_layers) {
-    if (h == nullptr || h->empty()) return;
-    hooks = h;
-    std::vector<std::string> all = AllHookNames(n_layers);
-    names.resize(n_layers);
-    wants.resize(n_layers);
+// Hook plumbing for one forward. Names are built only for points that some prompt wants.
+class Hooks {
+ public:
+  Hooks(const Segments& seg, int64_t n_layers) : seg_(seg) {
+    for (const HookSet* h : seg.hooks) active_ |= h != nullptr && !h->empty();
+    if (!active_) return;
+    names_.resize(n_layers);
+    wanted_.resize(n_layers);
     for (int64_t l = 0; l < n_layers; ++l)
-      for (int i = 0; i < kNumLayerHooks; ++i) {
-        names[l][i] = std::move(all[1 + l * kNumLayerHooks + i]);
-        wants[l][i] = h->Wants(names[l][i]);
+      for (const HookInfo& info : kLayerHooks) {
+        const size_t i = static_cast<size_t>(info.id);
+        names_[l][i] = HookName(l, info.id);
+        for (const HookSet* h : seg.hooks) wanted_[l][i] = wanted_[l][i] || (h && h->Wants(names_[l][i]));
       }
-    want_embed = h->Wants(embed);
-    want_ln_final = h->Wants(ln_final);
   }
-  bool Wants(int64_t layer, LayerHook k) const { return hooks != nullptr && wants[layer][k]; }
+
+  bool Wants(int64_t layer, HookId id) const { return active_ && wanted_[layer][static_cast<size_t>(id)]; }
+
+  // Per-layer point: each prompt's hooks run on its rows of x [ΣT, ...]; interventions replace those rows.
+  absl::StatusOr<at::Tensor> At(int64_t layer, HookId id, const at::Tensor& x) const {
+    if (!Wants(layer, id)) return x;
+    return RunAll(names_[layer][static_cast<size_t>(id)], static_cast<int>(layer), x);
+  }
+  // Model-level point (hook_embed, ln_final.hook_normalized).
+  absl::StatusOr<at::Tensor> AtModel(const char* name, const at::Tensor& x) const {
+    if (!active_) return x;
+    return RunAll(std::string(name), -1, x);
+  }
+  // hook_pattern of prompt s: p [H, tq, T_s] for query rows [q0, q0 + tq). Observe-only.
+  absl::Status Pattern(int64_t layer, size_t s, const at::Tensor& p, int64_t q0) const {
+    const std::string& name = names_[layer][static_cast<size_t>(HookId::kPattern)];
+    if (seg_.hooks[s] == nullptr || !seg_.hooks[s]->Wants(name)) return absl::OkStatus();
+    return Checked(*seg_.hooks[s], name, static_cast<int>(layer), p, q0).status();
+  }
+
+ private:
+  absl::StatusOr<at::Tensor> RunAll(const std::string& name, int layer, const at::Tensor& x) const {
+    if (seg_.size() == 1) {
+      if (seg_.hooks[0] == nullptr || !seg_.hooks[0]->Wants(name)) return x;
+      return Checked(*seg_.hooks[0], name, layer, x, 0);
+    }
+    at::Tensor out = x;
+    for (size_t s = 0; s < seg_.size(); ++s) {
+      const HookSet* h = seg_.hooks[s];
+      if (h == nullptr || !h->Wants(name)) continue;
+      ASSIGN_OR_RETURN(at::Tensor y, Checked(*h, name, layer, x.narrow(0, seg_.off[s], seg_.len[s]), 0));
+      if (!h->Intervenes(name)) continue;
+      if (out.is_same(x)) out = x.clone();  // the first replacement: other prompts' rows stay as they were
+      out.narrow(0, seg_.off[s], seg_.len[s]).copy_(y);
+    }
+    return out;
+  }
 
   // Runs interventions + observers; checks that interventions kept the shape, and restores dtype/device.
-  absl::StatusOr<at::Tensor> Run(const std::string& name, int layer, const at::Tensor& x, int64_t q_offset = 0) const {
-    at::Tensor y = hooks->Run(name, layer, x, q_offset);
+  static absl::StatusOr<at::Tensor> Checked(const HookSet& h, const std::string& name, int layer, const at::Tensor& x,
+                                            int64_t q_offset) {
+    at::Tensor y = h.Run(name, layer, x, q_offset);
     if (!y.defined())
       return absl::InvalidArgumentError(absl::StrCat("intervention on ", name, " returned an undefined tensor"));
     if (y.sizes() != x.sizes())
@@ -122,128 +135,206 @@ struct HookCtx {
     if (y.scalar_type() != x.scalar_type() || y.device() != x.device()) y = y.to(x.device(), x.scalar_type());
     return y;
   }
-  absl::StatusOr<at::Tensor> Layer(int64_t layer, LayerHook k, const at::Tensor& x) const {
-    if (!Wants(layer, k)) return x;
-    return Run(names[layer][k], static_cast<int>(layer), x);
-  }
+
+  const Segments& seg_;
+  bool active_ = false;
+  std::vector<std::array<std::string, kNumLayerHooks>> names_;
+  std::vector<std::array<bool, kNumLayerHooks>> wanted_;
 };
 
-absl::Status ValidateHooks(const HookSet* hooks, int64_t n_layers) {
-  if (hooks == nullptr) return absl::OkStatus();
-  for (const auto& [name, _] : hooks->observers()) RETURN_IF_ERROR(ValidateHookName(name, n_layers));
-  for (const auto& [name, _] : hooks->interventions()) {
-    RETURN_IF_ERROR(ValidateHookName(name, n_layers));
-    if (name.size() >= 17 && name.compare(name.size() - 17, 17, "attn.hook_pattern") == 0)
-      return absl::InvalidArgumentError(
-          absl::StrCat("hook ", name, " is observe-only: interventions on attention patterns are not supported"));
-  }
-  return absl::OkStatus();
-}
-
-// Rotary tables [T, hd] (cos, sin) in `dtype`, computed in fp32 (HF LlamaRotaryEmbedding, default rope_type).
-std::pair<at::Tensor, at::Tensor> RopeTables(const LlamaConfig& cfg, int64_t T, at::ScalarType dtype,
-                                             const at::Device& dev) {
-  auto f32 = at::TensorOptions().dtype(Acc(dtype)).device(dev);
+// Rotary cos/sin [ΣT, 1, hd] in `dtype` for positions restarting at every prompt, computed in fp32 (HF
+// LlamaRotaryEmbedding, default rope_type).
+std::pair<at::Tensor, at::Tensor> Rope(const LlamaConfig& cfg, const Segments& seg, at::ScalarType dtype,
+                                       const at::Device& dev) {
+  auto acc = at::TensorOptions().dtype(Acc(dtype)).device(dev);
   at::Tensor inv_freq =
       1.0 / at::pow(cfg.rope_theta, at::arange(0, cfg.head_dim, 2, at::TensorOptions().dtype(at::kLong).device(dev))
                                             .to(Acc(dtype)) /
                                         static_cast<double>(cfg.head_dim));
-  at::Tensor pos = at::arange(T, f32);
-  at::Tensor freqs = at::outer(pos, inv_freq);  // [T, hd/2]
-  at::Tensor emb = at::cat({freqs, freqs}, -1);  // [T, hd]
-  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+  at::Tensor freqs = at::outer(at::arange(seg.max_len, acc), inv_freq);  // [T_max, hd/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);                          // [T_max, hd]
+  at::Tensor cos = emb.cos().to(dtype), sin = emb.sin().to(dtype);
+  if (seg.size() > 1) {  // row t of the packed sequence uses its position within its prompt
+    std::vector<at::Tensor> pos;
+    for (int64_t n : seg.len) pos.push_back(at::arange(n, at::TensorOptions().dtype(at::kLong).device(dev)));
+    at::Tensor p = at::cat(pos);
+    cos = cos.index_select(0, p);
+    sin = sin.index_select(0, p);
+  }
+  return {cos.unsqueeze(1), sin.unsqueeze(1)};
 }
 
-// Causal attention in query chunks. q [T,H,hd], k,v [T,Hkv,hd] (compute dtype) -> z [T,H,hd].
+// Causal attention of G prompts of equal length T, packed back to back: q [G·T, H, hd], k, v [G·T, Hkv, hd]
+// (compute dtype) -> z [G·T, H, hd]. `first` is the index of the first of them in the forward's segments.
 absl::StatusOr<at::Tensor> Attention(const LlamaConfig& cfg, const at::Tensor& q, const at::Tensor& k,
-                                     const at::Tensor& v, int64_t chunk, const HookCtx& hc, int64_t layer) {
-  const int64_t T = q.size(0), H = q.size(1), hd = q.size(2), Hkv = k.size(1), rep = H / Hkv;
+                                     const at::Tensor& v, int64_t G, int64_t chunk, const Hooks& hooks,
+                                     int64_t layer, size_t first) {
+  const int64_t T = q.size(0) / G, H = q.size(1), hd = q.size(2), Hkv = k.size(1), rep = H / Hkv;
   const double scale = cfg.attention_scale();
-  const at::ScalarType dtype = q.scalar_type();
-  const bool want_pattern = hc.Wants(layer, kPattern);
-  const at::ScalarType acc = Acc(dtype);
-  at::Tensor qf = q.to(acc).permute({1, 0, 2});               // [H, T, hd]
-  at::Tensor kf = k.to(acc).permute({1, 2, 0}).contiguous();  // [Hkv, hd, T]
-  at::Tensor vv = v.permute({1, 0, 2}).contiguous();                 // [Hkv, T, hd]
+  const at::ScalarType dtype = q.scalar_type(), acc = Acc(dtype);
+  const bool want_pattern = hooks.Wants(layer, HookId::kPattern);
+  at::Tensor qf = q.to(acc).view({G, T, H, hd}).permute({0, 2, 1, 3});                  // [G, H, T, hd]
+  at::Tensor kf = k.to(acc).view({G, T, Hkv, hd}).permute({0, 2, 3, 1}).contiguous();  // [G, Hkv, hd, T]
+  at::Tensor vv = v.view({G, T, Hkv, hd}).permute({0, 2, 1, 3}).contiguous();          // [G, Hkv, T, hd]
   if (chunk <= 0 || chunk > T) chunk = T;
   auto ilong = at::TensorOptions().dtype(at::kLong).device(q.device());
   std::vector<at::Tensor> zs;
-  zs.reserve((T + chunk - 1) / chunk);
   for (int64_t q0 = 0; q0 < T; q0 += chunk) {
     const int64_t q1 = std::min(q0 + chunk, T), tq = q1 - q0;
-    // Query head h = g·rep + r uses kv head g: [H, tq, hd] -> [Hkv, rep·tq, hd].
-    at::Tensor qc = qf.narrow(1, q0, tq).reshape({Hkv, rep * tq, hd});
+    // Query head h = g·rep + r uses kv head g: [G, H, tq, hd] -> [G·Hkv, rep·tq, hd].
+    at::Tensor qc = qf.narrow(2, q0, tq).reshape({G * Hkv, rep * tq, hd});
+    at::Tensor kc = kf.narrow(3, 0, q1).flatten(0, 1);  // [G·Hkv, hd, q1], a view
     // fp32 scores S = bias + scale·(q kᵀ) in one GEMM (baddbmm, beta=1, alpha=scale): bias is 0 where key j <= query
     // row q0+i and -inf above the diagonal. Same rounding as HF's matmul(q, kᵀ) * scaling followed by the mask.
     at::Tensor s;
     if (tq > 1) {
       at::Tensor mask = at::arange(q1, ilong).unsqueeze(0) > at::arange(q0, q1, ilong).unsqueeze(1);  // [tq, q1]
       at::Tensor bias = at::zeros({tq, q1}, qf.options()).masked_fill_(mask, -std::numeric_limits<double>::infinity());
-      if (rep > 1) bias = bias.repeat({rep, 1});  // rows of the [Hkv, rep·tq, q1] layout
-      s = at::baddbmm(bias.unsqueeze(0), qc, kf.narrow(2, 0, q1), /*beta=*/1.0, /*alpha=*/scale);
+      if (rep > 1) bias = bias.repeat({rep, 1});  // rows of the [·, rep·tq, q1] layout
+      s = at::baddbmm(bias.unsqueeze(0), qc, kc, /*beta=*/1.0, /*alpha=*/scale);
     } else {  // a single query row at q1-1 sees all keys [0, q1)
-      s = at::bmm(qc, kf.narrow(2, 0, q1)).mul_(scale);
+      s = at::bmm(qc, kc).mul_(scale);
     }
-    at::Tensor p = at::softmax(s.view({H, tq, q1}), -1);  // fp32
-    if (want_pattern) {
-      at::Tensor full = q1 < T ? at::constant_pad_nd(p, {0, T - q1}, 0.0) : p;
-      ASSIGN_OR_RETURN(at::Tensor unused, hc.Run(hc.names[layer][kPattern], static_cast<int>(layer), full, q0));
-      (void)unused;
-    }
-    at::Tensor zc = at::bmm(p.to(dtype).view({Hkv, rep * tq, q1}), vv.narrow(1, 0, q1)).view({H, tq, hd});
-    zs.push_back(std::move(zc));
+    at::Tensor p = at::softmax(s.view({G, H, tq, q1}), -1);  // fp32
+    if (want_pattern)
+      for (int64_t g = 0; g < G; ++g) {
+        at::Tensor pg = p.select(0, g);
+        RETURN_IF_ERROR(hooks.Pattern(layer, first + g, q1 < T ? at::constant_pad_nd(pg, {0, T - q1}, 0.0) : pg, q0));
+      }
+    zs.push_back(at::bmm(p.to(dtype).view({G * Hkv, rep * tq, q1}), vv.narrow(2, 0, q1).flatten(0, 1))
+                     .view({G, H, tq, hd}));
   }
-  at::Tensor z = zs.size() == 1 ? zs[0] : at::cat(zs, 1);
-  return z.permute({1, 0, 2}).contiguous();  // [T, H, hd]
+  at::Tensor z = zs.size() == 1 ? zs[0] : at::cat(zs, 2);  // [G, H, T, hd]
+  return z.permute({0, 2, 1, 3}).contiguous().view({G * T, H, hd});
+}
+
+// Attention over every prompt: runs of consecutive equal-length prompts attend as one batch.
+absl::StatusOr<at::Tensor> AttentionAll(const LlamaConfig& cfg, const at::Tensor& q, const at::Tensor& k,
+                                        const at::Tensor& v, const Segments& seg, int64_t chunk, const Hooks& hooks,
+                                        int64_t layer) {
+  std::vector<at::Tensor> zs;
+  for (size_t s = 0; s < seg.size();) {
+    size_t e = s + 1;
+    while (e < seg.size() && seg.len[e] == seg.len[s]) ++e;
+    const int64_t G = static_cast<int64_t>(e - s), n = G * seg.len[s];
+    ASSIGN_OR_RETURN(at::Tensor z, Attention(cfg, q.narrow(0, seg.off[s], n), k.narrow(0, seg.off[s], n),
+                                             v.narrow(0, seg.off[s], n), G, chunk, hooks, layer, s));
+    zs.push_back(std::move(z));
+    s = e;
+  }
+  return zs.size() == 1 ? zs[0] : at::cat(zs, 0);
 }
 
 absl::StatusOr<at::Tensor> DecoderLayer(const LlamaConfig& cfg, const LayerWeights& w, int64_t l, at::Tensor x,
-                                        const std::pair<at::Tensor, at::Tensor>* rope, const ForwardOptions& opts,
-                                        const HookCtx& hc) {
-  const int64_t T = x.size(0), H = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, hd = cfg.head_dim;
+                                        const std::pair<at::Tensor, at::Tensor>* rope, const Segments& seg,
+                                        const ForwardOptions& opts, const Hooks& hooks) {
+  const int64_t N = x.size(0), H = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, hd = cfg.head_dim;
   const double eps = cfg.rms_norm_eps;
-  ASSIGN_OR_RETURN(x, hc.Layer(l, kResidPre, x));
-  ASSIGN_OR_RETURN(at::Tensor a, hc.Layer(l, kLn1, RmsNorm(x, w.input_layernorm, eps)));
+  ASSIGN_OR_RETURN(x, hooks.At(l, HookId::kResidPre, x));
+  ASSIGN_OR_RETURN(at::Tensor a, hooks.At(l, HookId::kLn1, RmsNorm(x, w.input_layernorm, eps)));
   at::Tensor q = at::linear(a, w.q_proj);
   at::Tensor k = at::linear(a, w.k_proj);
   at::Tensor v = at::linear(a, w.v_proj);
   if (cfg.has_q_norm()) q = RmsNorm(q, w.q_norm, eps);  // over the full H·hd projection, before the head split
   if (cfg.has_k_norm()) k = RmsNorm(k, w.k_norm, eps);
-  ASSIGN_OR_RETURN(q, hc.Layer(l, kQ, q.view({T, H, hd})));
-  ASSIGN_OR_RETURN(k, hc.Layer(l, kK, k.view({T, Hkv, hd})));
-  ASSIGN_OR_RETURN(v, hc.Layer(l, kV, v.view({T, Hkv, hd})));
+  ASSIGN_OR_RETURN(q, hooks.At(l, HookId::kQ, q.view({N, H, hd})));
+  ASSIGN_OR_RETURN(k, hooks.At(l, HookId::kK, k.view({N, Hkv, hd})));
+  ASSIGN_OR_RETURN(v, hooks.At(l, HookId::kV, v.view({N, Hkv, hd})));
   if (rope != nullptr) {
-    at::Tensor cos = rope->first.unsqueeze(1), sin = rope->second.unsqueeze(1);  // [T, 1, hd]
-    q = q * cos + RotateHalf(q) * sin;
-    k = k * cos + RotateHalf(k) * sin;
+    q = q * rope->first + RotateHalf(q) * rope->second;
+    k = k * rope->first + RotateHalf(k) * rope->second;
   }
-  ASSIGN_OR_RETURN(q, hc.Layer(l, kRotQ, q));
-  ASSIGN_OR_RETURN(k, hc.Layer(l, kRotK, k));
-  ASSIGN_OR_RETURN(at::Tensor z, Attention(cfg, q, k, v, opts.attn_query_chunk, hc, l));
-  ASSIGN_OR_RETURN(z, hc.Layer(l, kZ, z));
-  ASSIGN_OR_RETURN(at::Tensor o, hc.Layer(l, kAttnOut, at::linear(z.reshape({T, H * hd}), w.o_proj)));
-  ASSIGN_OR_RETURN(x, hc.Layer(l, kResidMid, x + o));
-  ASSIGN_OR_RETURN(at::Tensor b, hc.Layer(l, kLn2, RmsNorm(x, w.post_attention_layernorm, eps)));
-  ASSIGN_OR_RETURN(at::Tensor p,
-                   hc.Layer(l, kMlpPost, at::silu(at::linear(b, w.gate_proj)) * at::linear(b, w.up_proj)));
-  ASSIGN_OR_RETURN(at::Tensor f, hc.Layer(l, kMlpOut, at::linear(p, w.down_proj)));
-  return hc.Layer(l, kResidPost, x + f);
+  ASSIGN_OR_RETURN(q, hooks.At(l, HookId::kRotQ, q));
+  ASSIGN_OR_RETURN(k, hooks.At(l, HookId::kRotK, k));
+  ASSIGN_OR_RETURN(at::Tensor z, AttentionAll(cfg, q, k, v, seg, opts.attn_query_chunk, hooks, l));
+  ASSIGN_OR_RETURN(z, hooks.At(l, HookId::kZ, z));
+  ASSIGN_OR_RETURN(at::Tensor o, hooks.At(l, HookId::kAttnOut, at::linear(z.reshape({N, H * hd}), w.o_proj)));
+  ASSIGN_OR_RETURN(x, hooks.At(l, HookId::kResidMid, x + o));
+  ASSIGN_OR_RETURN(at::Tensor b, hooks.At(l, HookId::kLn2, RmsNorm(x, w.post_attention_layernorm, eps)));
+  ASSIGN_OR_RETURN(at::Tensor p, hooks.At(l, HookId::kMlpPost,
+                                          at::silu(at::linear(b, w.gate_proj)) * at::linear(b, w.up_proj)));
+  ASSIGN_OR_RETURN(at::Tensor f, hooks.At(l, HookId::kMlpOut, at::linear(p, w.down_proj)));
+  return hooks.At(l, HookId::kResidPost, x + f);
+}
+
+// −log p(next token) at every row that has a target in its own prompt, from the final hidden states y [ΣT, d],
+// in row chunks so that at most ~4M logits (16 MiB fp32) exist at once (131 rows for V=32000).
+at::Tensor TargetNll(const LlamaConfig& cfg, const at::Tensor& y, const at::Tensor& lm_head, const at::Tensor& ids,
+                     const Segments& seg, const at::Tensor& logits) {
+  // The rows with a target and their targets. One prompt: rows 0..T-2, a contiguous range (plain slices).
+  const bool one = seg.size() == 1;
+  at::Tensor rows, targets;
+  if (one) {
+    targets = ids.narrow(0, 1, seg.len[0] - 1);
+  } else {
+    std::vector<at::Tensor> r;
+    for (size_t s = 0; s < seg.size(); ++s)
+      if (seg.len[s] > 1) r.push_back(at::arange(seg.off[s], seg.off[s] + seg.len[s] - 1, ids.options()));
+    rows = r.empty() ? at::empty({0}, ids.options()) : at::cat(r);
+    targets = ids.index_select(0, rows + 1);
+  }
+  const int64_t n_rows = targets.size(0);
+  auto take = [&](const at::Tensor& m, int64_t r0, int64_t n) {
+    return one ? m.narrow(0, r0, n) : m.index_select(0, rows.narrow(0, r0, n));
+  };
+  const at::ScalarType acc = Acc(y.scalar_type());
+  if (logits.defined())
+    return -at::log_softmax(take(logits, 0, n_rows), -1).gather(1, targets.unsqueeze(1)).squeeze(1);
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 22) / cfg.vocab_size);
+  std::vector<at::Tensor> parts;
+  for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
+    const int64_t n = std::min(chunk, n_rows - r0);
+    at::Tensor lg = at::linear(take(y, r0, n), lm_head).to(acc);
+    parts.push_back(-at::log_softmax(lg, -1).gather(1, targets.narrow(0, r0, n).unsqueeze(1)).squeeze(1));
+  }
+  if (parts.empty()) return at::empty({0}, at::TensorOptions().dtype(acc).device(y.device()));
+  return parts.size() == 1 ? parts[0] : at::cat(parts, 0);
+}
+
+absl::StatusOr<Segments> MakeSegments(const LlamaConfig& cfg, int64_t T, const ForwardOptions& opts) {
+  Segments seg;
+  if (opts.segments.empty()) {
+    seg.len = {T};
+    seg.hooks = {opts.hooks};
+  } else {
+    if (!opts.segment_hooks.empty() && opts.segment_hooks.size() != opts.segments.size())
+      return absl::InvalidArgumentError(absl::StrCat("segment_hooks has ", opts.segment_hooks.size(),
+                                                     " entries for ", opts.segments.size(), " segments"));
+    seg.len = opts.segments;
+    seg.hooks = opts.segment_hooks;
+    seg.hooks.resize(seg.len.size(), nullptr);
+  }
+  int64_t off = 0;
+  for (size_t s = 0; s < seg.len.size(); ++s) {
+    if (seg.len[s] < 1)
+      return absl::InvalidArgumentError(absl::StrCat("segments[", s, "] = ", seg.len[s], "; each prompt needs a token"));
+    if (seg.len[s] > cfg.max_position_embeddings && !opts.allow_beyond_max_positions)
+      return absl::InvalidArgumentError(absl::StrCat(seg.size() == 1 ? "ids has T=" : "a prompt has T=", seg.len[s],
+                                                     " tokens, more than max_position_embeddings=",
+                                                     cfg.max_position_embeddings));
+    seg.off.push_back(off);
+    off += seg.len[s];
+    seg.max_len = std::max(seg.max_len, seg.len[s]);
+  }
+  if (off != T)
+    return absl::InvalidArgumentError(absl::StrCat("segments sum to ", off, " tokens, ids has T=", T));
+  return seg;
 }
 
 absl::StatusOr<ForwardResult> ForwardImpl(const LlamaConfig& cfg, const LlamaWeights& w, const at::Tensor& ids_in,
                                           const ForwardOptions& opts) {
   // ---- validate inputs before any compute
   if (!ids_in.defined()) return absl::InvalidArgumentError("ids: undefined tensor");
-  if (ids_in.dim() != 1) return absl::InvalidArgumentError(absl::StrCat("ids must be 1-D [T], got shape ", ShapeStr(ids_in.sizes())));
+  if (ids_in.dim() != 1)
+    return absl::InvalidArgumentError(absl::StrCat("ids must be 1-D [T], got shape ", ShapeStr(ids_in.sizes())));
   if (!at::isIntegralType(ids_in.scalar_type(), /*includeBool=*/false))
     return absl::InvalidArgumentError(absl::StrCat("ids must be an integer tensor, got ", DtypeName(ids_in.scalar_type())));
   const int64_t T = ids_in.size(0);
   if (T < 1) return absl::InvalidArgumentError("ids is empty (T=0); need at least one token");
-  if (T > cfg.max_position_embeddings && !opts.allow_beyond_max_positions)
-    return absl::InvalidArgumentError(absl::StrCat("ids has T=", T, " tokens, more than max_position_embeddings=",
-                                                   cfg.max_position_embeddings));
+  ASSIGN_OR_RETURN(const Segments seg, MakeSegments(cfg, T, opts));
   RETURN_IF_ERROR(ValidateWeights(cfg, w));
-  RETURN_IF_ERROR(ValidateHooks(opts.hooks, cfg.num_hidden_layers));
+  for (const HookSet* h : seg.hooks)
+    if (h != nullptr) RETURN_IF_ERROR(h->Validate(cfg.num_hidden_layers));
   const at::Device dev = w.embed_tokens.device();
   at::Tensor ids = ids_in.to(dev, at::kLong);
   {
@@ -252,126 +343,28 @@ absl::StatusOr<ForwardResult> ForwardImpl(const LlamaConfig& cfg, const LlamaWei
       return absl::InvalidArgumentError(absl::StrCat("ids contain token id ", lo < 0 ? lo : hi,
                                                      " outside [0, vocab_size=", cfg.vocab_size, ")"));
   }
-  HookCtx hc;
-  hc.Init(opts.hooks, cfg.num_hidden_layers);
+  const Hooks hooks(seg, cfg.num_hidden_layers);
   const at::ScalarType dtype = w.embed_tokens.scalar_type();
 
   // ---- embeddings and decoder layers
-  at::Tensor x = at::embedding(w.embed_tokens, ids);  // [T, d]
-  if (hc.want_embed) {
-    ASSIGN_OR_RETURN(x, hc.Run(hc.embed, -1, x));
-  }
+  ASSIGN_OR_RETURN(at::Tensor x, hooks.AtModel(kEmbedHook, at::embedding(w.embed_tokens, ids)));  // [T, d]
   std::pair<at::Tensor, at::Tensor> rope;
-  if (cfg.uses_rope()) rope = RopeTables(cfg, T, dtype, dev);
+  if (cfg.uses_rope()) rope = Rope(cfg, seg, dtype, dev);
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
-    ASSIGN_OR_RETURN(x, DecoderLayer(cfg, w.layers[l], l, x, cfg.uses_rope() ? &rope : nullptr, opts, hc));
+    ASSIGN_OR_RETURN(x, DecoderLayer(cfg, w.layers[l], l, x, cfg.uses_rope() ? &rope : nullptr, seg, opts, hooks));
     if (opts.after_layer) RETURN_IF_ERROR(opts.after_layer(static_cast<int>(l)));
   }
-  x = RmsNorm(x, w.norm, cfg.rms_norm_eps);
-  if (hc.want_ln_final) {
-    ASSIGN_OR_RETURN(x, hc.Run(hc.ln_final, -1, x));
-  }
+  ASSIGN_OR_RETURN(x, hooks.AtModel(kFinalNormHook, RmsNorm(x, w.norm, cfg.rms_norm_eps)));
 
-  // ---- head: logits = (y W_lm^T).float(); nll_t = -log_softmax(logits_t)[ids_{t+1}] for t < T-1
+  // ---- head: logits = (y W_lm^T).float(); nll_t = -log_softmax(logits_t)[ids_{t+1}] within each prompt
   ForwardResult r;
-  const at::ScalarType acc = Acc(dtype);
-  if (opts.return_logits) r.logits = at::linear(x, w.lm_head).to(acc);
-  if (opts.return_target_nll) {
-    at::Tensor targets = ids.narrow(0, 1, T - 1).unsqueeze(1);  // [T-1, 1]
-    if (r.logits.defined()) {
-      r.target_nll = -at::log_softmax(r.logits.narrow(0, 0, T - 1), -1).gather(1, targets).squeeze(1);
-    } else {
-      // Rows in chunks so that at most ~4M logits (16 MiB fp32) exist at once (131 rows for V=32000).
-      const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 22) / cfg.vocab_size);
-      std::vector<at::Tensor> parts;
-      for (int64_t r0 = 0; r0 < T - 1; r0 += rows) {
-        const int64_t n = std::min(rows, T - 1 - r0);
-        at::Tensor lg = at::linear(x.narrow(0, r0, n), w.lm_head).to(acc);
-        parts.push_back(-at::log_softmax(lg, -1).gather(1, targets.narrow(0, r0, n)).squeeze(1));
-      }
-      r.target_nll = parts.empty() ? at::empty({0}, at::TensorOptions().dtype(acc).device(dev))
-                                   : (parts.size() == 1 ? parts[0] : at::cat(parts, 0));
-    }
-  }
+  if (opts.return_logits) r.logits = at::linear(x, w.lm_head).to(Acc(dtype));
+  if (opts.return_target_nll) r.target_nll = TargetNll(cfg, x, w.lm_head, ids, seg, r.logits);
+  if (opts.return_hidden) r.hidden = x;
   return r;
 }
 
-// ---- loading helpers
-
-at::ScalarType ToScalarType(StDtype d) {
-  switch (d) {
-    case StDtype::kF32: return at::kFloat;
-    case StDtype::kF16: return at::kHalf;
-    case StDtype::kBF16: return at::kBFloat16;
-    default: return at::kFloat;
-  }
-}
-
-// Wraps a checkpoint tensor. Zero-copy (at::from_blob over the mapping, whose lifetime the deleter extends) when the
-// checkpoint dtype is the compute dtype, the device is the CPU and the pointer is aligned; otherwise converts.
-at::Tensor WrapTensor(const StTensor& t, std::shared_ptr<SafetensorsFile> file, at::ScalarType dtype,
-                      const at::Device& dev, bool* aliased) {
-  const at::ScalarType src = ToScalarType(t.dtype);
-  void* data = const_cast<uint8_t*>(t.data);
-  const bool aligned = reinterpret_cast<uintptr_t>(data) % t.elem_size == 0;
-  at::Tensor base;
-  if (aligned) {
-    base = at::from_blob(data, t.shape, [file](void*) {}, at::TensorOptions().dtype(src));
-  } else {
-    base = at::empty(t.shape, at::TensorOptions().dtype(src));
-    std::memcpy(base.data_ptr(), data, t.nbytes());
-  }
-  if (src == dtype && dev.is_cpu()) {
-    *aliased = aligned;
-    return base;
-  }
-  *aliased = false;
-  return base.to(dev, dtype, /*non_blocking=*/false, /*copy=*/true);
-}
-
 }  // namespace
-
-absl::Status ValidateWeights(const LlamaConfig& cfg, const LlamaWeights& w) {
-  const int64_t d = cfg.hidden_size, V = cfg.vocab_size, I = cfg.intermediate_size;
-  const int64_t qd = cfg.num_attention_heads * cfg.head_dim, kvd = cfg.num_key_value_heads * cfg.head_dim;
-  if (!w.embed_tokens.defined()) return absl::InvalidArgumentError("weights: embed_tokens is undefined");
-  const at::ScalarType dt = w.embed_tokens.scalar_type();
-  const at::Device dev = w.embed_tokens.device();
-  if (!at::isFloatingType(dt))
-    return absl::InvalidArgumentError(absl::StrCat("weights: embed_tokens has non-floating dtype ", DtypeName(dt)));
-  auto check = [&](const at::Tensor& t, const std::string& name, std::vector<int64_t> shape) -> absl::Status {
-    if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat("weights: ", name, " is undefined"));
-    if (t.sizes() != at::IntArrayRef(shape))
-      return absl::InvalidArgumentError(absl::StrCat("weights: ", name, " has shape ", ShapeStr(t.sizes()),
-                                                     ", expected ", ShapeStr(shape)));
-    if (t.scalar_type() != dt || t.device() != dev)
-      return absl::InvalidArgumentError(absl::StrCat("weights: ", name, " is ", DtypeName(t.scalar_type()), " on ",
-                                                     t.device().str(), ", expected ", DtypeName(dt), " on ", dev.str()));
-    return absl::OkStatus();
-  };
-  RETURN_IF_ERROR(check(w.embed_tokens, "embed_tokens", {V, d}));
-  if (static_cast<int64_t>(w.layers.size()) != cfg.num_hidden_layers)
-    return absl::InvalidArgumentError(absl::StrCat("weights: ", w.layers.size(), " layers, config num_hidden_layers=",
-                                                   cfg.num_hidden_layers));
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    const LayerWeights& L = w.layers[l];
-    const std::string p = absl::StrCat("layers.", l, ".");
-    RETURN_IF_ERROR(check(L.input_layernorm, p + "input_layernorm", {d}));
-    RETURN_IF_ERROR(check(L.q_proj, p + "q_proj", {qd, d}));
-    RETURN_IF_ERROR(check(L.k_proj, p + "k_proj", {kvd, d}));
-    RETURN_IF_ERROR(check(L.v_proj, p + "v_proj", {kvd, d}));
-    RETURN_IF_ERROR(check(L.o_proj, p + "o_proj", {d, qd}));
-    if (cfg.has_q_norm()) RETURN_IF_ERROR(check(L.q_norm, p + "q_norm", {qd}));
-    if (cfg.has_k_norm()) RETURN_IF_ERROR(check(L.k_norm, p + "k_norm", {kvd}));
-    RETURN_IF_ERROR(check(L.post_attention_layernorm, p + "post_attention_layernorm", {d}));
-    RETURN_IF_ERROR(check(L.gate_proj, p + "gate_proj", {I, d}));
-    RETURN_IF_ERROR(check(L.up_proj, p + "up_proj", {I, d}));
-    RETURN_IF_ERROR(check(L.down_proj, p + "down_proj", {d, I}));
-  }
-  RETURN_IF_ERROR(check(w.norm, "norm", {d}));
-  RETURN_IF_ERROR(check(w.lm_head, "lm_head", {V, d}));
-  return absl::OkStatus();
-}
 
 absl::StatusOr<ForwardResult> LlamaForward(const LlamaConfig& cfg, const LlamaWeights& w, const at::Tensor& ids,
                                            const ForwardOptions& opts) {
@@ -390,29 +383,11 @@ absl::StatusOr<ForwardResult> LlamaModel::Forward(const at::Tensor& ids, const F
 
 absl::StatusOr<ForwardResult> LlamaModel::Forward(const std::vector<int32_t>& ids, const ForwardOptions& opts) const {
   std::vector<int64_t> v(ids.begin(), ids.end());
-  at::Tensor t = at::tensor(v, at::TensorOptions().dtype(at::kLong));
-  return Forward(t, opts);
+  return Forward(at::tensor(v, at::TensorOptions().dtype(at::kLong)), opts);
 }
 
 std::string LlamaModel::device() const { return weights_.embed_tokens.device().str(); }
 std::string LlamaModel::dtype() const { return DtypeName(weights_.embed_tokens.scalar_type()); }
-
-int64_t LlamaModel::weight_bytes() const {
-  std::set<const void*> seen;  // tied lm_head shares embed_tokens' storage
-  int64_t n = 0;
-  auto add = [&](const at::Tensor& t) {
-    if (!t.defined() || !seen.insert(t.data_ptr()).second) return;
-    n += t.numel() * static_cast<int64_t>(t.element_size());
-  };
-  add(weights_.embed_tokens);
-  for (const auto& L : weights_.layers)
-    for (const at::Tensor* t : {&L.input_layernorm, &L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.q_norm, &L.k_norm,
-                                &L.post_attention_layernorm, &L.gate_proj, &L.up_proj, &L.down_proj})
-      add(*t);
-  add(weights_.norm);
-  add(weights_.lm_head);
-  return n;
-}
 
 absl::StatusOr<std::shared_ptr<LlamaModel>> LlamaModel::FromWeights(const LlamaConfig& cfg, LlamaWeights weights,
                                                                       const std::string& name) {
@@ -432,7 +407,8 @@ absl::StatusOr<std::shared_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
     try {
       dev = at::Device(opts.device);
     } catch (const c10::Error&) {
-      return absl::InvalidArgumentError(absl::StrCat("device \"", opts.device, "\" is not valid (expected cpu, cuda or cuda:N)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("device \"", opts.device, "\" is not valid (expected cpu, cuda or cuda:N)"));
     }
     if (dev.is_cuda() && !at::hasCUDA())
       return absl::FailedPreconditionError(
@@ -442,80 +418,13 @@ absl::StatusOr<std::shared_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
     if (dtype == at::kHalf && dev.is_cpu())
       return absl::InvalidArgumentError(
           "dtype float16 is not supported on cpu (LibTorch 1.13 has no CPU Half matmul); use bfloat16 or float32");
-    ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsCheckpoint> ck, SafetensorsCheckpoint::Open(model_dir));
-
+    ASSIGN_OR_RETURN(LoadedWeights lw, LoadWeights(model_dir, cfg, dtype, dev, opts.compute_digest));
     std::shared_ptr<LlamaModel> m(new LlamaModel());
     m->config_ = cfg;
     m->dir_ = model_dir;
-    std::set<std::string> used;
-    auto where = [&](const std::string& name) {
-      auto f = ck->FileOf(name);
-      return f ? f->path() : (ck->sharded() ? model_dir + "/model.safetensors.index.json" : model_dir + "/model.safetensors");
-    };
-    // Looks up the first present name among `names`, checks dtype and shape, wraps/converts it.
-    auto get = [&](std::vector<std::string> names, std::vector<int64_t> shape) -> absl::StatusOr<at::Tensor> {
-      const StTensor* t = nullptr;
-      std::string name;
-      for (const auto& n : names)
-        if ((t = ck->Find(n)) != nullptr) {
-          name = n;
-          break;
-        }
-      if (t == nullptr)
-        return absl::NotFoundError(absl::StrCat(where(names[0]), ": missing tensor ", absl::StrJoin(names, " or "),
-                                                " (model_type ", cfg.model_type, ", attention_type ",
-                                                AttentionTypeName(cfg.attention_type), ")"));
-      used.insert(name);
-      if (t->dtype == StDtype::kUnsupported)
-        return absl::InvalidArgumentError(absl::StrCat(where(name), ": tensor ", name, " has dtype ", t->dtype_str,
-                                                       "; only F32, F16 and BF16 weights are supported"));
-      if (t->shape != shape)
-        return absl::InvalidArgumentError(absl::StrCat(where(name), ": tensor ", name, " has shape ", ShapeStr(t->shape),
-                                                       ", config.json implies ", ShapeStr(shape)));
-      bool aliased = false;
-      return WrapTensor(*t, ck->FileOf(name), dtype, dev, &aliased);
-    };
-    const int64_t d = cfg.hidden_size, V = cfg.vocab_size, I = cfg.intermediate_size;
-    const int64_t qd = cfg.num_attention_heads * cfg.head_dim, kvd = cfg.num_key_value_heads * cfg.head_dim;
-    LlamaWeights& w = m->weights_;
-    ASSIGN_OR_RETURN(w.embed_tokens, get({"model.embed_tokens.weight"}, {V, d}));
-    w.layers.resize(cfg.num_hidden_layers);
-    for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
-      const std::string p = absl::StrCat("model.layers.", l, ".");
-      LayerWeights& L = w.layers[l];
-      ASSIGN_OR_RETURN(L.input_layernorm, get({p + "input_layernorm.weight"}, {d}));
-      ASSIGN_OR_RETURN(L.q_proj, get({p + "self_attn.q_proj.weight"}, {qd, d}));
-      ASSIGN_OR_RETURN(L.k_proj, get({p + "self_attn.k_proj.weight"}, {kvd, d}));
-      ASSIGN_OR_RETURN(L.v_proj, get({p + "self_attn.v_proj.weight"}, {kvd, d}));
-      ASSIGN_OR_RETURN(L.o_proj, get({p + "self_attn.o_proj.weight"}, {d, qd}));
-      // SakanaAI DroPE: nn.RMSNorm(H·hd) as self_attn.q_norm, nn.RMSNorm(Hkv·hd) as self_attn.k_norm.
-      if (cfg.has_q_norm()) {
-        ASSIGN_OR_RETURN(L.q_norm, get({p + "self_attn.q_norm.weight", p + "self_attn.q_layernorm.weight"}, {qd}));
-      }
-      if (cfg.has_k_norm()) {
-        ASSIGN_OR_RETURN(L.k_norm, get({p + "self_attn.k_norm.weight", p + "self_attn.k_layernorm.weight"}, {kvd}));
-      }
-      ASSIGN_OR_RETURN(L.post_attention_layernorm, get({p + "post_attention_layernorm.weight"}, {d}));
-      ASSIGN_OR_RETURN(L.gate_proj, get({p + "mlp.gate_proj.weight"}, {I, d}));
-      ASSIGN_OR_RETURN(L.up_proj, get({p + "mlp.up_proj.weight"}, {I, d}));
-      ASSIGN_OR_RETURN(L.down_proj, get({p + "mlp.down_proj.weight"}, {d, I}));
-    }
-    ASSIGN_OR_RETURN(w.norm, get({"model.norm.weight"}, {d}));
-    if (cfg.tie_word_embeddings) {
-      w.lm_head = w.embed_tokens;
-      if (ck->Find("lm_head.weight") != nullptr) {
-        used.insert("lm_head.weight");
-        m->notes_.push_back("lm_head.weight present but tie_word_embeddings=true: using model.embed_tokens.weight");
-      }
-    } else {
-      ASSIGN_OR_RETURN(w.lm_head, get({"lm_head.weight"}, {V, d}));
-    }
-    for (const std::string& n : ck->names())
-      if (!used.count(n))
-        m->notes_.push_back(absl::StrCat("ignored unexpected tensor ", n, " (", ck->FileOf(n)->path(), ")"));
-    if (opts.compute_digest) m->digest_ = ck->Sha256Hex();
-    if (!m->notes_.empty())
-      spdlog::info("loaded {} with {} note(s); first: {}", model_dir, m->notes_.size(), m->notes_.front());
+    m->weights_ = std::move(lw.weights);
+    m->digest_ = std::move(lw.digest);
+    m->notes_ = std::move(lw.notes);
     return m;
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("loading ", model_dir, " failed in LibTorch: ", e.what_without_backtrace()));

@@ -1,7 +1,7 @@
-// Llama / DroPE forward pass in LibTorch (batch 1, no padding), with named hook points.
-// Weights come from a Hugging Face snapshot directory (config.json + model.safetensors or sharded
-// model.safetensors.index.json). Attention is computed in query chunks with fp32 scores and softmax, so DroPE's
-// large Q/K norms cannot overflow (seed-spec §4.1) and T=4096 never materialises all heads' T×T scores at once.
+// Llama / DroPE forward pass in LibTorch, over one prompt or several prompts packed into one forward, with named
+// hook points (hooks.h). Attention is computed in query chunks with fp32 scores and softmax, so DroPE's large Q/K
+// norms cannot overflow (docs/study.md §4.1) and T=4096 never materialises all heads' T×T scores at once.
+// Loading (config.json + safetensors → weights) lives in weights.h; this file only computes.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "common/model/config.h"
 #include "common/model/hooks.h"
+#include "common/model/weights.h"
 
 namespace sinkscope::model {
 
@@ -24,44 +25,37 @@ struct LoadOptions {
   bool compute_digest = true;     // SHA-256 of the safetensors bytes (reads every byte once; ~1-2 GB/s)
 };
 
-// Weights as plain tensors, HF naming mapped to fields. Used by the forward and by the trainer (tools/), which
-// creates them with requires_grad. q_norm/k_norm are undefined unless the attention type needs them.
-struct LayerWeights {
-  at::Tensor input_layernorm, q_proj, k_proj, v_proj, o_proj, q_norm, k_norm;
-  at::Tensor post_attention_layernorm, gate_proj, up_proj, down_proj;
-};
-struct LlamaWeights {
-  at::Tensor embed_tokens;  // [V, d]
-  std::vector<LayerWeights> layers;
-  at::Tensor norm;     // [d]
-  at::Tensor lm_head;  // [V, d] (== embed_tokens when tied)
-};
-
 struct ForwardOptions {
-  const HookSet* hooks = nullptr;      // may be null
-  bool return_logits = true;           // full [T, V] float32 logits
-  bool return_target_nll = false;      // [T-1] float32: -log p(ids[t+1] | ids[..t]), computed in row chunks
-  int64_t attn_query_chunk = 512;      // query rows per attention chunk (<=0: all rows at once)
+  // Hooks of a one-prompt forward (may be null).
+  const HookSet* hooks = nullptr;
+  // Packed forward: `ids` holds several prompts back to back, segments[i] tokens each (they sum to T). Prompts
+  // never attend to each other (block-diagonal causal attention), positions restart at 0 at every prompt, and
+  // prompt i's hooks (segment_hooks[i], may be null; the vector may be empty) see only prompt i's slice with
+  // T = segments[i] — what prompt i alone would give. Empty: one prompt, with `hooks`.
+  std::vector<int64_t> segments;
+  std::vector<const HookSet*> segment_hooks;
+  bool return_logits = true;       // [T, V] float32 logits
+  bool return_target_nll = false;  // −log p(ids[t+1] | the prompt's ids[..t]) for every prompt's t < T_i − 1,
+                                   // concatenated over prompts: [Σ (T_i − 1)] float32, computed in row chunks
+  bool return_hidden = false;      // final-norm hidden states [T, d] in the compute dtype (the lm_head input)
+  int64_t attn_query_chunk = 512;  // query rows per attention chunk (<=0: all rows at once)
   // Called after each decoder layer finishes (all its hooks have run). A non-OK status aborts the forward and is
   // returned (used for cancellation between layers).
   std::function<absl::Status(int layer)> after_layer;
-  // By default T > config.max_position_embeddings is an InvalidArgument. DroPE/NoPE context-extension studies may
-  // set this to run longer sequences (RoPE models then extrapolate positions beyond training).
+  // By default a prompt longer than config.max_position_embeddings is an InvalidArgument. DroPE/NoPE
+  // context-extension studies may set this to run longer prompts (RoPE models then extrapolate positions).
   bool allow_beyond_max_positions = false;
 };
 
 struct ForwardResult {
   at::Tensor logits;      // [T, V] float32 (float64 if the weights are float64), or undefined
-  at::Tensor target_nll;  // [T-1] float32 (float64 if the weights are float64), or undefined
+  at::Tensor target_nll;  // [Σ (T_i − 1)] float32 (float64 if the weights are float64), or undefined
+  at::Tensor hidden;      // [T, d] compute dtype, or undefined
 };
 
-// Checks that `w` has every tensor `cfg` needs with the expected shapes (q_norm/k_norm only when the attention
-// type uses them), all of one floating dtype on one device. InvalidArgument naming the tensor otherwise.
-absl::Status ValidateWeights(const LlamaConfig& cfg, const LlamaWeights& w);
-
-// Pure function over weights: usable with autograd (trainer) when called without NoGradGuard.
-// Errors: InvalidArgument for bad ids / hook names / interventions returning a wrong shape; the after_layer
-// status as is; Internal for LibTorch exceptions (message included). Never throws.
+// Pure function over weights: usable with autograd (the trainer) when called without NoGradGuard.
+// Errors: InvalidArgument for bad ids / segments / hook names / interventions returning a wrong shape; the
+// after_layer status as is; Internal for LibTorch exceptions (message included). Never throws.
 absl::StatusOr<ForwardResult> LlamaForward(const LlamaConfig& cfg, const LlamaWeights& w, const at::Tensor& ids,
                                            const ForwardOptions& opts);
 
@@ -79,7 +73,7 @@ class LlamaModel {
   const std::string& dir() const { return dir_; }
   std::string device() const;       // e.g. "cpu"
   std::string dtype() const;        // compute dtype name
-  int64_t weight_bytes() const;     // bytes held by weight tensors
+  int64_t weight_bytes() const { return WeightBytes(weights_); }
   const std::string& weights_digest() const { return digest_; }  // SHA-256 over the safetensors files' bytes
   // Informational notes from loading (ignored unexpected tensors such as rotary_emb.inv_freq, tied lm_head, ...).
   const std::vector<std::string>& load_notes() const { return notes_; }
@@ -94,7 +88,6 @@ class LlamaModel {
   LlamaWeights weights_;
   std::string dir_;
   std::string digest_;
-  std::shared_ptr<void> storage_;  // unused: each zero-copy tensor's deleter keeps its own file mapping alive
   std::vector<std::string> notes_;
 };
 

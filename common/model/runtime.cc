@@ -3,6 +3,7 @@
 
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <dlfcn.h>
 #include <torch/csrc/api/include/torch/version.h>
 
 #include <limits>
@@ -17,6 +18,10 @@ namespace sinkscope::model {
 void SetComputeThreads(int n) {
   if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(n);
+  // With Debian's OpenBLAS-pthread (docs/design-notes.md §4) BLAS keeps its own thread pool: size it alike, so that
+  // sums are reduced the same way run after run (the trainer's determinism relies on it).
+  using SetFn = void (*)(int);
+  if (auto fn = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) fn(n);
 }
 
 int ComputeThreads() { return at::get_num_threads(); }

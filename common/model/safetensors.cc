@@ -9,11 +9,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/util/file.h"
 #include "common/util/sha256.h"
 #include "nlohmann/json.hpp"
 
@@ -195,13 +195,11 @@ absl::StatusOr<std::shared_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::Op
   struct stat st {};
   if (::stat(index_path.c_str(), &st) == 0) {
     ck->sharded_ = true;
-    std::ifstream in(index_path, std::ios::binary);
-    if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", index_path));
-    std::stringstream ss;
-    ss << in.rdbuf();
+    absl::StatusOr<std::string> text = util::ReadFile(index_path);
+    if (!text.ok()) return text.status();
     json idx;
     try {
-      idx = json::parse(ss.str());
+      idx = json::parse(*text);
     } catch (const json::exception& e) {
       return Corrupt(index_path, absl::StrCat("not valid JSON: ", e.what()));
     }

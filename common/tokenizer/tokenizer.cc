@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/tokenizer/sentencepiece_model.pb.h"
+#include "common/util/file.h"
 #include "common/util/sha256.h"
 
 namespace sinkscope::tokenizer {
@@ -318,28 +319,10 @@ const char* ModelTypeName(int t) {
   }
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    const int err = errno;
-    if (err == ENOENT || err == ENOTDIR) {
-      return absl::NotFoundError(absl::StrCat("tokenizer model ", path, ": no such file"));
-    }
-    return absl::PermissionDeniedError(absl::StrCat("tokenizer model ", path, ": ", std::strerror(err)));
-  }
-  if (S_ISDIR(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat("tokenizer model ", path, ": is a directory, not a file"));
-  }
-  std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!f) {
-    const int err = errno;
-    return absl::PermissionDeniedError(absl::StrCat("tokenizer model ", path, ": cannot open: ", std::strerror(err)));
-  }
-  std::string data;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), f.get())) > 0) data.append(buf, n);
-  if (std::ferror(f.get())) return absl::DataLossError(absl::StrCat("tokenizer model ", path, ": read error"));
+// The model file's bytes; errors read "tokenizer model PATH: ...".
+absl::StatusOr<std::string> ReadModelFile(const std::string& path) {
+  absl::StatusOr<std::string> data = util::ReadFile(path);
+  if (!data.ok()) return absl::Status(data.status().code(), absl::StrCat("tokenizer model ", data.status().message()));
   return data;
 }
 
@@ -717,7 +700,7 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> Tokenizer::LoadFromSerialized(s
 }
 
 absl::StatusOr<std::shared_ptr<const Tokenizer>> Tokenizer::Load(const std::string& path) {
-  auto data = ReadFile(path);
+  auto data = ReadModelFile(path);
   if (!data.ok()) return data.status();
   return LoadFromSerialized(*data, path);
 }

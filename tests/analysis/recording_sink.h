@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "common/job/job_spec.h"
-#include "common/job/runner.h"
+#include "common/job/plan.h"
 
 namespace sinkscope::analysis_test {
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "common/job/job_spec.h"
-#include "common/job/runner.h"
+#include "common/job/plan.h"
 #include "common/model/config.h"
 
 namespace sinkscope::analysis_test {

@@ -485,12 +485,12 @@ TEST_F(ForwardTest, InputValidation) {
   ASSERT_TRUE(one.ok()) << one.status();
   EXPECT_EQ(one->logits.size(0), 1);
   EXPECT_EQ(one->target_nll.numel(), 0);
-  // Weights that do not match the config are rejected, not crashed on.
+  // Weights that do not match the config are rejected, not crashed on; the message names the HF tensor.
   LlamaWeights broken = m->weights();
   broken.layers[1].up_proj = broken.layers[1].up_proj.narrow(0, 0, 10);
   auto e = LlamaForward(m->config(), broken, Ids(ids), o);
   EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(std::string(e.status().message()).find("layers.1.up_proj"), std::string::npos) << e.status();
+  EXPECT_NE(std::string(e.status().message()).find("model.layers.1.mlp.up_proj.weight"), std::string::npos) << e.status();
   broken = m->weights();
   broken.layers.pop_back();
   EXPECT_EQ(LlamaForward(m->config(), broken, Ids(ids), o).status().code(), absl::StatusCode::kInvalidArgument);

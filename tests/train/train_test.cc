@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/model/llama.h"
+#include "common/model/runtime.h"
 #include "common/tokenizer/tokenizer.h"
 #include "tools/train/data.h"
 #include "tools/train/export.h"
@@ -86,8 +87,8 @@ double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs
 class TrainTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    TuneAllocator();
-    SetThreads(1);
+    model::TuneMallocForTensors();
+    model::SetComputeThreads(1);
   }
 };
 

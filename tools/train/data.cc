@@ -27,32 +27,6 @@ uint64_t GetU64(const char* p) {
 
 }  // namespace
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  if (f.bad()) return absl::InternalError(absl::StrCat("error reading ", path));
-  return ss.str();
-}
-
-absl::Status WriteFileAtomic(const std::string& path, const std::string& bytes) {
-  std::error_code ec;
-  const std::filesystem::path p(path);
-  if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path(), ec);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) return absl::InternalError(absl::StrCat("cannot create ", tmp));
-    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    f.flush();
-    if (!f) return absl::InternalError(absl::StrCat("error writing ", tmp));
-  }
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path, ": ", ec.message()));
-  return absl::OkStatus();
-}
-
 std::vector<std::string> NonEmptyLines(const std::string& text) {
   std::vector<std::string> out;
   size_t pos = 0;

@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/tokenizer/tokenizer.h"
+#include "common/util/file.h"
 
 namespace sinkscope::train {
 
@@ -66,7 +67,7 @@ struct Unigram {
 };
 Unigram CountUnigram(const std::vector<int32_t>& stream, int32_t vocab_size);
 
-absl::StatusOr<std::string> ReadFile(const std::string& path);
-absl::Status WriteFileAtomic(const std::string& path, const std::string& bytes);
+using util::ReadFile;
+using util::WriteFileAtomic;
 
 }  // namespace sinkscope::train

@@ -1,9 +1,9 @@
 // sinkscope-train: trains the tiny RoPE Llama and its DroPE copy on CPU with LibTorch autograd.
 //
-// Model: the engine's Llama math (common/model/llama.cc), re-expressed over a batch [B, T] for training speed
-// (LlamaForward is batch-1); tests/train checks that BatchLogits equals LlamaForward row by row. Parameters are
-// fp32 leaves; with compute_dtype bfloat16 they are cast to bf16 inside the graph each step (fp32 master weights,
-// fp32 RMSNorm statistics, attention scores, softmax and loss, as in the engine).
+// Model: the engine's own forward (common/model/llama.h), a batch [B, T] run as B packed prompts; tests/train checks
+// that BatchLogits equals one-prompt forwards row by row. Parameters are fp32 leaves; with compute_dtype bfloat16
+// they are cast to bf16 inside the graph each step (fp32 master weights, fp32 RMSNorm statistics, attention scores,
+// softmax and loss, as in the engine).
 // Optimiser: AdamW (decoupled weight decay, PyTorch's update rule), no decay on the 1-D RMSNorm weights; linear
 // warm-up to lr, then cosine to lr·min_lr_ratio; global grad-norm clipping. Deterministic given the seed and the
 // thread count: the init uses a seeded CPU generator, batches come from WindowSampler (tools/train/data.h).
@@ -65,7 +65,8 @@ absl::StatusOr<model::LlamaConfig> MakeConfig(const TrainOptions& opts, int64_t 
 // Switches a config to DroPE: model_type llama_drope, attention_type nope (rope_theta kept, unused).
 model::LlamaConfig ToDrope(model::LlamaConfig cfg);
 
-// (HF tensor name, tensor) for every parameter, in export order: embed, layers (HF order), norm, lm_head.
+// (HF tensor name, tensor) for every parameter, in export order (model::ForEachTensor: embed, layers in HF order,
+// norm, lm_head).
 std::vector<std::pair<std::string, at::Tensor*>> NamedParams(model::LlamaWeights& w);
 std::vector<std::pair<std::string, const at::Tensor*>> NamedParams(const model::LlamaWeights& w);
 
@@ -140,10 +141,9 @@ class Trainer {
 // Weights (fp32) and config from a checkpoint dir (state.json) or a HF snapshot dir.
 absl::StatusOr<std::pair<model::LlamaConfig, model::LlamaWeights>> LoadWeightsFrom(const std::string& dir);
 
-// Makes glibc keep large blocks on the heap (no mmap/munmap per step); see trainer.cc. Call early in the process.
-void TuneAllocator();
-// Sets LibTorch's intra-op threads and, when OpenBLAS is the BLAS, its thread count (deterministic sums).
-void SetThreads(int threads);
+// "V4096 d128 I344 L6 H4 Hkv4 hd32": the model shape, to compare a checkpoint with a run.
+std::string ShapeKey(const model::LlamaConfig& c);
+double NowSeconds();  // steady clock, for step timing
 
 // The whole command: data, (resume | init_from | fresh), training loop with logging/eval/checkpoints, export with
 // training.json and SHA256SUMS.

@@ -1,0 +1,399 @@
+// Execute: runs a Plan's passes in order and streams events (see plan.h). Includes only the cheap
+// <ATen/core/Tensor.h> (through the model and analysis headers); the tensor math lives in common/analysis/.
+#include <c10/core/GradMode.h>
+
+#include <chrono>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "common/analysis/activation_stats.h"
+#include "common/analysis/analysis.h"
+#include "common/analysis/interventions.h"
+#include "common/analysis/massive_values.h"
+#include "common/analysis/matrix_entropy.h"
+#include "common/analysis/perplexity.h"
+#include "common/analysis/residual_stats.h"
+#include "common/analysis/sink_rate.h"
+#include "common/job/conditions.h"
+#include "common/job/plan.h"
+#include "common/model/llama.h"
+#include "common/tokenizer/tokenizer.h"
+#include "common/util/overloaded.h"
+#include "common/util/status_macros.h"
+
+namespace sinkscope::job {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Re-wraps an error with context, keeping its code (Cancelled / DeadlineExceeded pass through unchanged).
+absl::Status WithContext(const absl::Status& st, const std::string& ctx) {
+  if (st.ok() || st.code() == absl::StatusCode::kCancelled || st.code() == absl::StatusCode::kDeadlineExceeded)
+    return st;
+  return absl::Status(st.code(), absl::StrCat(ctx, ": ", st.message()));
+}
+
+std::vector<ComparisonRow> Compare(const std::vector<ModelSummary>& ms) {
+  std::vector<ComparisonRow> rows;
+  for (const auto& [metric, v0] : ms[0].metrics) {
+    ComparisonRow r;
+    r.metric = metric;
+    bool all = true;
+    for (const ModelSummary& s : ms) {
+      auto it = s.metrics.find(metric);
+      if (it == s.metrics.end()) {
+        all = false;
+        break;
+      }
+      r.values.push_back(it->second);
+      r.diffs.push_back(it->second - v0);
+      r.ratios.push_back(v0 != 0 ? it->second / v0 : 0.0);
+    }
+    if (all) rows.push_back(std::move(r));
+  }
+  return rows;
+}
+
+// Observational analyses of one model and the hidden helpers that ride on its baseline pass.
+struct Observers {
+  std::vector<std::unique_ptr<analysis::LayerAnalysis>> emitted;  // the job's own analyses
+  analysis::ResidualStats* resid = nullptr;                       // spike detection (emitted or hidden)
+  std::unique_ptr<analysis::ResidualStats> hidden_resid;
+  std::unique_ptr<analysis::QkIdentifier> ident;  // Q/K massive dims on the job's inputs
+  bool last_after_norm = false, model_level = false;
+
+  Observers(const Plan& plan, const analysis::ModelDims& dims) {
+    for (const AnalysisSpec& a : plan.spec.analyses) {
+      std::visit(Overloaded{[&](const SinkRateSpec& s) { emitted.push_back(analysis::MakeSinkRate(s, dims)); },
+                            [&](const MassiveValuesSpec& s) { emitted.push_back(analysis::MakeMassiveValues(s, dims)); },
+                            [&](const ResidualStatsSpec& s) {
+                              auto r = analysis::MakeResidualStats(s, dims, /*emit=*/true);
+                              resid = r.get();
+                              emitted.push_back(std::move(r));
+                            },
+                            [&](const MatrixEntropySpec& s) { emitted.push_back(analysis::MakeMatrixEntropy(s, dims)); },
+                            [&](const PerplexitySpec&) {},
+                            [&](const ActivationStatsSpec& s) {
+                              emitted.push_back(analysis::MakeActivationStats(s, dims));
+                            }},
+                 a);
+    }
+    bool need_spike = false, need_ident = false;
+    if (const PerplexitySpec* ppl = plan.perplexity())
+      for (const Intervention& iv : ppl->interventions) {
+        if (const auto* b = std::get_if<BosMlpAblation>(&iv.kind); b && !b->layer) need_spike = true;
+        if (const auto* q = std::get_if<QkMassiveDisruption>(&iv.kind); q && !q->identify_on) need_ident = true;
+      }
+    if (need_spike && resid == nullptr) {
+      hidden_resid = analysis::MakeResidualStats(ResidualStatsSpec{}, dims, /*emit=*/false);
+      resid = hidden_resid.get();
+    }
+    if (need_ident) ident = std::make_unique<analysis::QkIdentifier>(dims);
+    for (const auto& a : emitted) {
+      last_after_norm |= a->LastLayerAfterFinalNorm();
+      model_level |= a->HasModelLevel();
+    }
+  }
+
+  void Register(const analysis::PromptCtx& ctx, model::HookSet* hooks) const {
+    for (const auto& a : emitted) a->Register(ctx, hooks);
+    if (hidden_resid) hidden_resid->Register(ctx, hooks);
+    if (ident) ident->Register(hooks);
+  }
+};
+
+class Executor {
+ public:
+  Executor(const Plan& plan, EventSink* sink, const CancelCheck& cancel) : plan_(plan), sink_(sink), cancel_(cancel) {}
+
+  absl::StatusOr<Summary> Run() {
+    const auto t0 = Clock::now();
+    if (sink_) {
+      sink_->OnStarted(Started{static_cast<int32_t>(plan_.passes.size()),
+                               static_cast<int32_t>(plan_.models[0].prompts.size())});
+    }
+    Summary summary;
+    summary.seed = plan_.spec.seed;
+    const std::vector<Pass>& passes = plan_.passes;
+    // Models with no pass (no prompt) still get a summary entry.
+    for (size_t m = 0, i = 0; m < plan_.models.size(); ++m) {
+      BeginModel(m);
+      for (; i < passes.size() && passes[i].model == static_cast<int32_t>(m); ++i) {
+        const Pass& p = passes[i];
+        const Pass* next = i + 1 < passes.size() ? &passes[i + 1] : nullptr;
+        const bool group_ends = next == nullptr || next->model != p.model || next->kind != p.kind ||
+                                next->intervention != p.intervention || next->control != p.control;
+        RETURN_IF_ERROR(RunPass(p, group_ends, next));
+      }
+      RETURN_IF_ERROR(EndModel(&summary));
+    }
+    summary.inputs_digest = plan_.inputs_digest;
+    if (plan_.models.size() >= 2) summary.comparison = Compare(summary.models);
+    summary.elapsed_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (sink_) {
+      Progress p;
+      p.fraction = 1.0;
+      p.model = plan_.models.back().handle.name;
+      p.condition = "done";
+      p.layer = -1;
+      sink_->OnProgress(p);
+      sink_->OnSummary(summary);
+    }
+    return summary;
+  }
+
+ private:
+  // ---- per model
+
+  void BeginModel(size_t m) {
+    const ModelPlan& mp = plan_.models[m];
+    const model::LlamaModel& model = *mp.handle.model;
+    m_ = m;
+    dims_ = analysis::ModelDims::From(model.config());
+    ms_ = ModelSummary{};
+    ms_.model = mp.handle.name;
+    ms_.weights_digest = model.weights_digest();
+    ms_.tokenizer_digest = mp.handle.tokenizer ? mp.handle.tokenizer->digest() : "";
+    ms_.dtype = model.dtype();
+    ms_.device = model.device();
+    ms_.num_prompts = static_cast<int32_t>(mp.prompts.size());
+    for (const auto& p : mp.prompts) ms_.num_tokens += static_cast<int64_t>(p.size());
+    obs_ = std::make_unique<Observers>(plan_, dims_);
+    base_ = analysis::NllAccumulator{};
+    base_ppl_ = 0;
+    passes_ = 0;
+  }
+
+  absl::Status EndModel(Summary* summary) {
+    ms_.num_forward_passes = passes_;
+    summary->models.push_back(std::move(ms_));
+    summary->perplexity.insert(summary->perplexity.end(), ppl_.begin(), ppl_.end());
+    ppl_.clear();
+    return absl::OkStatus();
+  }
+
+  void EmitLayer(int32_t l) {
+    LayerResult lr;
+    lr.model = plan_.models[m_].handle.name;
+    lr.layer = l;
+    for (const auto& a : obs_->emitted) a->Fill(l, &lr);
+    const bool any =
+        lr.sink_rate || lr.massive_values || lr.residual_stats || lr.matrix_entropy || !lr.activation_stats.empty();
+    if (any && sink_) sink_->OnLayer(lr);
+  }
+
+  // ---- passes
+
+  absl::Status RunPass(const Pass& p, bool group_ends, const Pass* next) {
+    const ModelPlan& mp = plan_.models[p.model];
+    switch (p.kind) {
+      case Pass::Kind::kBaseline: {
+        const int32_t P = static_cast<int32_t>(mp.prompts.size());
+        const std::vector<int32_t>& ids = mp.prompts[p.first_prompt];
+        const analysis::PromptCtx ctx{p.first_prompt, static_cast<int64_t>(ids.size())};
+        model::HookSet hooks;
+        obs_->Register(ctx, &hooks);
+        // Layer results are final once the last prompt's forward has passed the layer: stream them from there
+        // (the last layer waits for the final norm when an analysis reads it after ln_final).
+        std::function<void(int)> on_layer;
+        if (group_ends)
+          on_layer = [this](int l) {
+            if (!(obs_->last_after_norm && l == dims_.n_layers - 1)) EmitLayer(l);
+          };
+        const bool want_nll = plan_.perplexity() != nullptr;
+        ASSIGN_OR_RETURN(at::Tensor nll, Forward("baseline", p.first_prompt, P, ids, &hooks, want_nll, on_layer));
+        for (const auto& a : obs_->emitted)
+          RETURN_IF_ERROR(WithContext(a->status(), absl::StrCat("model ", mp.handle.name)));
+        for (const auto& a : obs_->emitted) a->EndPrompt(ctx);
+        if (want_nll) base_.Add(nll);
+        if (group_ends) EndBaseline();
+        return absl::OkStatus();
+      }
+      case Pass::Kind::kIdentify: {
+        const auto& prompts = mp.identify_prompts[p.intervention];
+        if (p.first_prompt == 0) own_ident_ = std::make_unique<analysis::QkIdentifier>(dims_);
+        model::HookSet hooks;
+        own_ident_->Register(&hooks);
+        return Forward("identify", p.first_prompt, static_cast<int32_t>(prompts.size()), prompts[p.first_prompt],
+                       &hooks, false, nullptr)
+            .status();
+      }
+      case Pass::Kind::kCondition: {
+        if (p.first_prompt == 0) RETURN_IF_ERROR(BeginCondition(p));
+        model::HookSet hooks;
+        cond_.install(&hooks);
+        ASSIGN_OR_RETURN(at::Tensor nll, Forward(cond_.name, p.first_prompt, static_cast<int32_t>(mp.prompts.size()),
+                                                 mp.prompts[p.first_prompt], &hooks, true, nullptr));
+        cond_acc_.Add(nll);
+        if (group_ends) EndCondition(p, next);
+        return absl::OkStatus();
+      }
+    }
+    return absl::InternalError("unknown pass kind");
+  }
+
+  // After the last baseline pass: deferred layers, per-model metrics, the baseline perplexity.
+  void EndBaseline() {
+    if (obs_->last_after_norm) EmitLayer(static_cast<int32_t>(dims_.n_layers - 1));
+    if (obs_->model_level) EmitLayer(-1);
+    for (const auto& a : obs_->emitted) a->Summarize(&ms_.metrics);
+    if (obs_->hidden_resid) obs_->hidden_resid->Summarize(&ms_.metrics);
+    const PerplexitySpec* ppl = plan_.perplexity();
+    if (ppl == nullptr) return;
+    const bool wt = ppl->weight_by_t;
+    base_ppl_ = base_.Perplexity(wt);
+    PerplexityResult b;
+    b.model = plan_.models[m_].handle.name;
+    b.condition = "baseline";
+    b.perplexity = base_ppl_;
+    b.mean_nll = base_.MeanNll(wt);
+    b.num_targets = base_.num_targets();
+    b.ratio_to_baseline = 1.0;
+    b.detail = absl::StrCat(base_.num_prompts(), " prompts, ", base_.num_targets(), " targets, ",
+                            wt ? "weighted by T" : "weighted by T-1");
+    Emit(b);
+    ms_.metrics["perplexity.baseline"] = base_ppl_;
+  }
+
+  // First pass of an intervention (control -1) or of one of its random controls.
+  absl::Status BeginCondition(const Pass& p) {
+    const Intervention& iv = plan_.perplexity()->interventions[p.intervention];
+    const std::string& label = plan_.labels[p.intervention];
+    cond_acc_ = analysis::NllAccumulator{};
+    if (p.control < 0) {
+      result_ = PerplexityResult{};
+      result_.model = plan_.models[m_].handle.name;
+      result_.condition = label;
+      controls_ = analysis::StatAcc{};
+      controls_pct_ = analysis::StatAcc{};
+      const analysis::QkIdentifier* ident =
+          own_ident_ ? own_ident_.get() : obs_->ident.get();  // identify_on passes ran just before, if any
+      ASSIGN_OR_RETURN(cond_, ResolveCondition(iv, label, dims_, obs_->resid, ident, &result_, &ms_.metrics));
+      own_ident_.reset();
+    } else {
+      cond_ = ControlCondition(cond_, std::get<QkMassiveDisruption>(iv.kind), label,
+                               std::get<QkMassiveDisruption>(iv.kind).control_seeds[p.control], dims_);
+    }
+    return absl::OkStatus();
+  }
+
+  // Last pass of a condition: a control adds to the intervention's control statistics; the intervention's result
+  // is emitted once its last control (if any) is done.
+  void EndCondition(const Pass& p, const Pass* next) {
+    const bool wt = plan_.perplexity()->weight_by_t;
+    const double ppl = cond_acc_.Perplexity(wt);
+    const std::string key = "perplexity." + plan_.labels[p.intervention];
+    if (p.control < 0) {
+      result_.perplexity = ppl;
+      result_.mean_nll = cond_acc_.MeanNll(wt);
+      result_.num_targets = cond_acc_.num_targets();
+    } else {
+      result_.control_perplexities.push_back(ppl);
+      controls_.Add(ppl);
+      controls_pct_.Add(base_ppl_ > 0 ? (ppl - base_ppl_) / base_ppl_ * 100.0 : 0.0);
+    }
+    const bool more_controls = next != nullptr && next->model == p.model && next->kind == Pass::Kind::kCondition &&
+                               next->intervention == p.intervention;
+    if (more_controls) return;
+    if (!result_.control_perplexities.empty()) {
+      result_.control = controls_.Get();
+      ms_.metrics[key + ".control_mean"] = controls_.mean();
+      ms_.metrics[key + ".control_std"] = controls_.std();
+      ms_.metrics[key + ".control_increase_pct"] = controls_pct_.mean();
+    }
+    result_.ratio_to_baseline = base_ppl_ > 0 ? result_.perplexity / base_ppl_ : 0.0;
+    ms_.metrics[key] = result_.perplexity;
+    ms_.metrics[key + ".ratio"] = result_.ratio_to_baseline;
+    const double pct = base_ppl_ > 0 ? (result_.perplexity - base_ppl_) / base_ppl_ * 100.0 : 0.0;
+    ms_.metrics[key + ".increase_pct"] = pct;
+    if (!result_.control_perplexities.empty())
+      ms_.metrics[key + ".massive_minus_random_pct"] = pct - ms_.metrics[key + ".control_increase_pct"];
+    Emit(result_);
+  }
+
+  void Emit(const PerplexityResult& r) {
+    if (sink_) sink_->OnPerplexity(r);
+    ppl_.push_back(r);
+  }
+
+  // One forward with progress, cancellation between layers and `on_layer` after each layer. Returns the target NLL
+  // (undefined unless want_nll).
+  absl::StatusOr<at::Tensor> Forward(const std::string& condition, int32_t p, int32_t P, const std::vector<int32_t>& ids,
+                                     const model::HookSet* hooks, bool want_nll,
+                                     const std::function<void(int)>& on_layer) {
+    RETURN_IF_ERROR(Cancelled());
+    const ModelHandle& mh = plan_.models[m_].handle;
+    const int64_t L = mh.model->config().num_hidden_layers;
+    ReportProgress(condition, p, P, -1, L, /*force=*/p == 0);
+    model::ForwardOptions o;
+    o.hooks = hooks;
+    o.return_logits = false;
+    o.return_target_nll = want_nll;
+    o.after_layer = [&](int l) -> absl::Status {
+      if (on_layer) on_layer(l);
+      ReportProgress(condition, p, P, l, L, /*force=*/false);
+      return Cancelled();
+    };
+    absl::StatusOr<model::ForwardResult> r = mh.model->Forward(ids, o);
+    if (!r.ok()) return WithContext(r.status(), absl::StrCat("model ", mh.name, ", ", condition, ", prompt ", p));
+    ++done_;
+    ++passes_;
+    return std::move(r->target_nll);
+  }
+
+  absl::Status Cancelled() const { return cancel_ ? cancel_() : absl::OkStatus(); }
+
+  void ReportProgress(const std::string& condition, int32_t p, int32_t P, int32_t layer, int64_t L, bool force) {
+    if (!sink_) return;
+    const auto now = Clock::now();
+    const double since = std::chrono::duration<double>(now - last_progress_).count();
+    // Prompt starts at most every 0.25 s (always for the first prompt of a condition); layers at most every 1 s.
+    if (!force && since < (layer < 0 ? 0.25 : 1.0)) return;
+    last_progress_ = now;
+    const double planned = static_cast<double>(plan_.passes.size());
+    const double within =
+        layer < 0 ? 0.0 : static_cast<double>(layer + 1) / static_cast<double>(std::max<int64_t>(L, 1));
+    Progress pr;
+    pr.fraction = planned > 0 ? std::min(1.0, (static_cast<double>(done_) + within) / planned) : 0.0;
+    pr.model = plan_.models[m_].handle.name;
+    pr.condition = condition;
+    pr.prompt = p;
+    pr.num_prompts = P;
+    pr.layer = layer;
+    sink_->OnProgress(pr);
+  }
+
+  const Plan& plan_;
+  EventSink* sink_;
+  const CancelCheck& cancel_;
+  // Current model.
+  size_t m_ = 0;
+  analysis::ModelDims dims_;
+  ModelSummary ms_;
+  std::unique_ptr<Observers> obs_;
+  analysis::NllAccumulator base_;
+  double base_ppl_ = 0;
+  int32_t passes_ = 0;
+  std::vector<PerplexityResult> ppl_;
+  // Current intervention / condition.
+  std::unique_ptr<analysis::QkIdentifier> own_ident_;
+  Condition cond_;
+  analysis::NllAccumulator cond_acc_;
+  PerplexityResult result_;
+  analysis::StatAcc controls_, controls_pct_;
+  int64_t done_ = 0;
+  Clock::time_point last_progress_{};
+};
+
+}  // namespace
+
+absl::StatusOr<Summary> Execute(const Plan& plan, EventSink* sink, const CancelCheck& cancel) {
+  c10::AutoGradMode no_grad(false);
+  try {
+    return Executor(plan, sink, cancel).Run();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("engine error: ", e.what()));
+  }
+}
+
+}  // namespace sinkscope::job

@@ -1,0 +1,30 @@
+// What a job runs on: loaded models (with their tokenizers) and the server's limits. Torch-free header.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace sinkscope::model {
+class LlamaModel;
+}
+namespace sinkscope::tokenizer {
+class Tokenizer;
+}
+
+namespace sinkscope::job {
+
+struct ModelHandle {
+  std::string name;
+  std::shared_ptr<const model::LlamaModel> model;
+  // May be null for models used with token_ids inputs only (texts and datasets need it).
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
+};
+
+struct RunLimits {
+  int32_t max_tokens_per_prompt = 4096;  // truncation length (BOS included) and upper bound of JobSpec.max_tokens
+  int32_t max_prompts = 1000;            // prompts per job after Inputs.max_prompts
+  std::string data_dir;                  // built-in dataset files (brown-heldout.txt)
+};
+
+}  // namespace sinkscope::job
