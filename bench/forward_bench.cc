@@ -325,7 +325,7 @@ int main(int argc, char** argv) {
                           r["rss_growth_mib"].get<double>());
   md << "\nGFLOP/s counts the GEMMs the engine executes (projections, MLP, lm_head, and chunked attention QK^T and "
         "PV against keys [0, q1) per query chunk). In bfloat16 the attention scores are still computed in float32 "
-        "(q, k cast up: seed-spec §4.1), so bf16 runs compare a mixed workload against the bf16 mm peak. Peak RSS "
+        "(q, k cast up: docs/study.md §6.1), so bf16 runs compare a mixed workload against the bf16 mm peak. Peak RSS "
         "is the process VmHWM (reset through /proc/self/clear_refs before each forward) and includes the weights "
         "and LibTorch itself; growth is VmHWM minus VmRSS before the forward.\n";
   std::cerr << "wrote " << dir << "/forward.md and forward.json\n";

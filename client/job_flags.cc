@@ -4,11 +4,15 @@
 
 #include <CLI/CLI.hpp>
 #include <fstream>
+#include <initializer_list>
 #include <iostream>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 
 namespace sinkscope::client {
@@ -76,6 +80,20 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return ss.str();
 }
 
+// Maps a flag that takes one of a few words to its enum value: "" gives `if_empty`, an unknown word an
+// InvalidArgument listing the words in the order given ("--scope: expected layer or head").
+template <typename Enum>
+absl::StatusOr<Enum> Choice(const std::string& flag, const std::string& value, Enum if_empty,
+                            std::initializer_list<std::pair<absl::string_view, Enum>> words) {
+  if (value.empty()) return if_empty;
+  std::vector<absl::string_view> names;
+  for (const auto& [name, e] : words) {
+    if (value == name) return e;
+    names.push_back(name);
+  }
+  return Bad(flag, absl::StrCat("expected ", absl::StrJoin(names, " or ")));
+}
+
 }  // namespace
 
 absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
@@ -126,15 +144,21 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
                    !f.stats_hooks.empty();
   if (!any) return Bad("analyses", "choose at least one (--phase, --sink-rate, --massive, --residual, --entropy, "
                                    "--perplexity, --bos-mlp, --qk-disruption, --stats, ...)");
+  // The enums below have no field presence (proto3), so setting *_UNSPECIFIED for an empty flag is the same as
+  // leaving the field unset: the server's default.
   if (f.phase || f.sink_rate) {
     auto* s = spec.add_analyses()->mutable_sink_rate();
     if (f.tau >= 0) s->set_tau(f.tau);
-    if (f.query_rows == "exclude-bos") s->set_query_rows(v1::QUERY_ROWS_EXCLUDE_BOS);
-    else if (f.query_rows == "all") s->set_query_rows(v1::QUERY_ROWS_ALL);
-    else if (!f.query_rows.empty()) return Bad("--query-rows", "expected all or exclude-bos");
-    if (f.attention == "pre-rotary") s->set_source(v1::ATTENTION_SOURCE_PRE_ROTARY);
-    else if (f.attention == "model") s->set_source(v1::ATTENTION_SOURCE_MODEL);
-    else if (!f.attention.empty()) return Bad("--attention", "expected model or pre-rotary");
+    absl::StatusOr<v1::QueryRows> rows =
+        Choice("--query-rows", f.query_rows, v1::QUERY_ROWS_UNSPECIFIED,
+               {{"all", v1::QUERY_ROWS_ALL}, {"exclude-bos", v1::QUERY_ROWS_EXCLUDE_BOS}});
+    if (!rows.ok()) return rows.status();
+    s->set_query_rows(*rows);
+    absl::StatusOr<v1::AttentionSource> source =
+        Choice("--attention", f.attention, v1::ATTENTION_SOURCE_UNSPECIFIED,
+               {{"model", v1::ATTENTION_SOURCE_MODEL}, {"pre-rotary", v1::ATTENTION_SOURCE_PRE_ROTARY}});
+    if (!source.ok()) return source.status();
+    s->set_source(*source);
   }
   if (f.phase || f.residual) spec.add_analyses()->mutable_residual_stats()->set_final_norm_last_layer(f.final_norm_last_layer);
   if (f.phase || f.entropy) {
@@ -146,9 +170,11 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
     auto* m = spec.add_analyses()->mutable_massive_values();
     if (f.lambda > 0) m->set_lambda(f.lambda);
     m->set_post_rotary(f.post_rotary);
-    if (f.scope == "head") m->set_scope(v1::THRESHOLD_SCOPE_HEAD);
-    else if (f.scope == "layer") m->set_scope(v1::THRESHOLD_SCOPE_LAYER);
-    else if (!f.scope.empty()) return Bad("--scope", "expected layer or head");
+    absl::StatusOr<v1::ThresholdScope> scope = Choice(
+        "--scope", f.scope, v1::THRESHOLD_SCOPE_UNSPECIFIED,
+        {{"layer", v1::THRESHOLD_SCOPE_LAYER}, {"head", v1::THRESHOLD_SCOPE_HEAD}});
+    if (!scope.ok()) return scope.status();
+    m->set_scope(*scope);
     m->set_top_k(f.top_k);
   }
   if (!f.stats_hooks.empty()) {
@@ -163,12 +189,9 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
     p->set_weight_by_t(f.weight_by_t);
     for (const auto& b : bos) {
       auto* iv = p->add_interventions();
-      if (b == "spike") {
-        iv->mutable_bos_mlp()->set_spike(v1::SPIKE_RULE_ARGMAX_RATIO);
-        iv->set_label("bos_mlp@spike");
-      } else if (b == "jump") {
-        iv->mutable_bos_mlp()->set_spike(v1::SPIKE_RULE_ARGMAX_JUMP);
-        iv->set_label("bos_mlp@jump");
+      if (b == "spike" || b == "jump") {  // spike layer by largest BOS norm ratio (study) or largest jump
+        iv->mutable_bos_mlp()->set_spike(b == "spike" ? v1::SPIKE_RULE_ARGMAX_RATIO : v1::SPIKE_RULE_ARGMAX_JUMP);
+        iv->set_label("bos_mlp@" + b);
       } else {
         int32_t layer;
         if (!absl::SimpleAtoi(b, &layer) || layer < 0) return Bad("--bos-mlp", absl::StrCat("'", b, "' is not spike, jump or a layer"));
@@ -180,9 +203,12 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
       auto* iv = p->add_interventions();
       auto* q = iv->mutable_qk_massive();
       if (f.lambda > 0) q->set_lambda(f.lambda);
-      if (f.qk_replacement == "mean") q->set_replacement(v1::REPLACEMENT_MEAN);
-      else if (f.qk_replacement == "zero" || f.qk_replacement.empty()) q->set_replacement(v1::REPLACEMENT_ZERO);
-      else return Bad("--qk-replacement", "expected zero or mean");
+      // Unlike the analyses' enums, an empty --qk-replacement is stored as the explicit study default, zero.
+      absl::StatusOr<v1::Replacement> replacement =
+          Choice("--qk-replacement", f.qk_replacement, v1::REPLACEMENT_ZERO,
+                 {{"zero", v1::REPLACEMENT_ZERO}, {"mean", v1::REPLACEMENT_MEAN}});
+      if (!replacement.ok()) return replacement.status();
+      q->set_replacement(*replacement);
       for (uint64_t s : f.control_seeds) q->add_control_seeds(s);
       iv->set_label("qk_massive");
     }

@@ -3,85 +3,19 @@
 //   sinkscope run -m tiny-rope,tiny-drope --dataset brown-heldout --phase
 //   sinkscope run -m tiny-rope --text "The quick brown fox" --sink-rate --format json
 // Exit status: 0 ok, 1 job failed or was cancelled, 2 usage or RPC error.
-#include <grpcpp/grpcpp.h>
-
 #include <CLI/CLI.hpp>
-#include <chrono>
 #include <iostream>
-#include <thread>
 
+#include "client/commands.h"
 #include "client/job_flags.h"
 #include "client/render.h"
-#include "grpc/health/v1/health.grpc.pb.h"
-#include "sinkscope/v1/service.grpc.pb.h"
 
-namespace v1 = sinkscope::v1;
-using sinkscope::client::Format;
-
+namespace sinkscope::client {
 namespace {
+using Stub = v1::Sinkscope::Stub;
 
-struct Global {
-  std::string server = "127.0.0.1:50051";
-  std::string format = "table";
-  double timeout = 30;
-  std::string token;
-  bool quiet = false;
-};
-
-int RpcError(const grpc::Status& st) {
-  std::cerr << "sinkscope: " << (st.error_code() == grpc::StatusCode::UNAVAILABLE ? "server unavailable: " : "")
-            << st.error_message() << " (code " << st.error_code() << ")\n";
-  return 2;
-}
-
-class Client {
- public:
-  explicit Client(const Global& g) : g_(g) {
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(64 << 20);
-    channel_ = grpc::CreateCustomChannel(g.server, grpc::InsecureChannelCredentials(), args);
-    stub_ = v1::Sinkscope::NewStub(channel_);
-    health_ = grpc::health::v1::Health::NewStub(channel_);
-  }
-  void Prepare(grpc::ClientContext* ctx, bool deadline = true) const {
-    if (deadline)
-      ctx->set_deadline(std::chrono::system_clock::now() +
-                        std::chrono::milliseconds(static_cast<int64_t>(g_.timeout * 1000)));
-    if (!g_.token.empty()) ctx->AddMetadata("authorization", "Bearer " + g_.token);
-  }
-  v1::Sinkscope::Stub& stub() { return *stub_; }
-  grpc::health::v1::Health::Stub& health() { return *health_; }
-
- private:
-  const Global& g_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Sinkscope::Stub> stub_;
-  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
-};
-
-// Streams events of a job from `from`, rendering them. Returns the exit status.
-int Watch(Client& c, const Global& g, Format f, const std::string& id, uint64_t from) {
-  sinkscope::client::EventRenderer r(f, std::cout, f == Format::kTable && !g.quiet && isatty(2));
-  v1::StreamJobRequest req;
-  req.set_job_id(id);
-  req.set_from_seq(from);
-  grpc::ClientContext ctx;
-  c.Prepare(&ctx, /*deadline=*/false);
-  auto reader = c.stub().StreamJob(&ctx, req);
-  v1::JobEvent ev;
-  v1::JobState final_state = v1::JOB_STATE_UNSPECIFIED;
-  while (reader->Read(&ev)) {
-    r.Render(ev);
-    if (ev.has_finished()) final_state = ev.finished().state();
-  }
-  grpc::Status st = reader->Finish();
-  if (!st.ok()) return RpcError(st);
-  return final_state == v1::JOB_STATE_SUCCEEDED ? 0 : 1;
-}
-
-}  // namespace
-
-int main(int argc, char** argv) {
+// Declares the command line, then runs the one subcommand given; returns the exit status.
+int Main(int argc, char** argv) {
   CLI::App app{"sinkscope: measure attention sinks, massive activations and ablated perplexity on a sinkscoped server"};
   app.require_subcommand(1);
   Global g;
@@ -102,14 +36,14 @@ int main(int argc, char** argv) {
   auto* health = app.add_subcommand("health", "Check the grpc.health.v1 status (exit 0 when SERVING)");
   health->add_option("--wait", wait, "Poll up to this many seconds for SERVING");
 
-  sinkscope::client::JobFlags jf;
+  JobFlags jf;
   bool detach = false;
   auto* run = app.add_subcommand("run", "Submit a job and stream its results");
-  sinkscope::client::AddJobFlags(run, &jf);
+  AddJobFlags(run, &jf);
   run->add_flag("--detach", detach, "Print the job id and return without streaming");
   auto* submit = app.add_subcommand("submit", "Submit a job and print its id");
-  sinkscope::client::JobFlags sf;
-  sinkscope::client::AddJobFlags(submit, &sf);
+  JobFlags sf;
+  AddJobFlags(submit, &sf);
 
   std::string job_id;
   uint64_t from_seq = 0;
@@ -132,125 +66,36 @@ int main(int argc, char** argv) {
   const Format f = g.format == "json" ? Format::kJson : g.format == "csv" ? Format::kCsv : Format::kTable;
   Client c(g);
 
-  if (info->parsed()) {
-    grpc::ClientContext ctx;
-    c.Prepare(&ctx);
-    v1::ServerInfo resp;
-    auto st = c.stub().GetServerInfo(&ctx, v1::GetServerInfoRequest(), &resp);
-    if (!st.ok()) return RpcError(st);
-    sinkscope::client::RenderServerInfo(resp, f, std::cout);
-    return 0;
-  }
-  if (models->parsed()) {
-    grpc::ClientContext ctx;
-    c.Prepare(&ctx);
-    v1::ListModelsResponse resp;
-    auto st = c.stub().ListModels(&ctx, v1::ListModelsRequest(), &resp);
-    if (!st.ok()) return RpcError(st);
-    sinkscope::client::RenderModels(resp, f, std::cout);
-    return 0;
-  }
+  if (info->parsed()) return Unary(c, &Stub::GetServerInfo, v1::GetServerInfoRequest(), Print(RenderServerInfo, f));
+  if (models->parsed()) return Unary(c, &Stub::ListModels, v1::ListModelsRequest(), Print(RenderModels, f));
   if (model->parsed()) {
-    grpc::ClientContext ctx;
-    c.Prepare(&ctx);
     v1::GetModelRequest req;
     req.set_name(model_name);
-    v1::ModelInfo resp;
-    auto st = c.stub().GetModel(&ctx, req, &resp);
-    if (!st.ok()) return RpcError(st);
-    sinkscope::client::RenderModel(resp, f, std::cout);
-    return 0;
+    return Unary(c, &Stub::GetModel, req, Print(RenderModel, f));
   }
-  if (datasets->parsed()) {
-    grpc::ClientContext ctx;
-    c.Prepare(&ctx);
-    v1::ListDatasetsResponse resp;
-    auto st = c.stub().ListDatasets(&ctx, v1::ListDatasetsRequest(), &resp);
-    if (!st.ok()) return RpcError(st);
-    sinkscope::client::RenderDatasets(resp, f, std::cout);
-    return 0;
-  }
-  if (health->parsed()) {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(wait * 1000));
-    for (;;) {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-      grpc::health::v1::HealthCheckRequest req;
-      grpc::health::v1::HealthCheckResponse resp;
-      auto st = c.health().Check(&ctx, req, &resp);
-      const bool serving = st.ok() && resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
-      if (serving || std::chrono::steady_clock::now() >= until) {
-        std::cout << (st.ok() ? grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status())
-                              : "UNREACHABLE: " + st.error_message())
-                  << "\n";
-        return serving ? 0 : 1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
-  }
-  if (run->parsed() || submit->parsed()) {
-    auto spec = sinkscope::client::BuildJobSpec(run->parsed() ? jf : sf);
-    if (!spec.ok()) {
-      std::cerr << "sinkscope: " << spec.status().message() << "\n";
-      return 2;
-    }
-    grpc::ClientContext ctx;
-    c.Prepare(&ctx);
-    v1::SubmitJobRequest req;
-    *req.mutable_spec() = *spec;
-    v1::SubmitJobResponse resp;
-    auto st = c.stub().SubmitJob(&ctx, req, &resp);
-    if (!st.ok()) return RpcError(st);
-    if (submit->parsed() || detach) {
-      if (f == Format::kJson) std::cout << sinkscope::client::ToJson(resp) << "\n";
-      else std::cout << resp.job_id() << "\n";
-      return 0;
-    }
-    return Watch(c, g, f, resp.job_id(), 0);
-  }
+  if (datasets->parsed()) return Unary(c, &Stub::ListDatasets, v1::ListDatasetsRequest(), Print(RenderDatasets, f));
+  if (health->parsed()) return Health(c, wait);
+  if (run->parsed()) return Submit(c, g, f, jf, detach);
+  if (submit->parsed()) return Submit(c, g, f, sf, /*detach=*/true);
   if (watch->parsed()) return Watch(c, g, f, job_id, from_seq);
   if (get->parsed()) {
-    grpc::ClientContext ctx;
-    c.Prepare(&ctx);
     v1::GetJobRequest req;
     req.set_job_id(job_id);
-    v1::Job resp;
-    auto st = c.stub().GetJob(&ctx, req, &resp);
-    if (!st.ok()) return RpcError(st);
-    sinkscope::client::RenderJob(resp, f, std::cout);
-    return 0;
+    return Unary(c, &Stub::GetJob, req, Print(RenderJob, f));
   }
   if (cancel->parsed()) {
-    grpc::ClientContext ctx;
-    c.Prepare(&ctx);
     v1::CancelJobRequest req;
     req.set_job_id(job_id);
-    v1::CancelJobResponse resp;
-    auto st = c.stub().CancelJob(&ctx, req, &resp);
-    if (!st.ok()) return RpcError(st);
-    std::cout << sinkscope::client::StateName(resp.state()) << "\n";
-    return 0;
+    return Unary(c, &Stub::CancelJob, req, [](const v1::CancelJobResponse& resp) {
+      std::cout << StateName(resp.state()) << "\n";
+      return 0;
+    });
   }
-  if (jobs->parsed()) {
-    grpc::ClientContext ctx;
-    c.Prepare(&ctx);
-    v1::ListJobsRequest req;
-    req.set_limit(limit);
-    req.set_page_token(page_token);
-    for (auto s : states) {
-      for (auto& ch : s) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-      v1::JobState js;
-      if (!v1::JobState_Parse("JOB_STATE_" + s, &js)) {
-        std::cerr << "sinkscope: --state: unknown state '" << s << "'\n";
-        return 2;
-      }
-      req.add_states(js);
-    }
-    v1::ListJobsResponse resp;
-    auto st = c.stub().ListJobs(&ctx, req, &resp);
-    if (!st.ok()) return RpcError(st);
-    sinkscope::client::RenderJobs(resp, f, std::cout);
-    return 0;
-  }
+  if (jobs->parsed()) return ListJobs(c, f, limit, page_token, states);
   return 2;
 }
+
+}  // namespace
+}  // namespace sinkscope::client
+
+int main(int argc, char** argv) { return sinkscope::client::Main(argc, argv); }

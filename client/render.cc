@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <iomanip>
+#include <map>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -68,6 +69,36 @@ void PrintTable(std::ostream& out, const std::vector<std::string>& header,
   line(sep);
   for (const auto& r : rows) line(r);
 }
+
+// The list commands' table or CSV (header as is, fields quoted where needed); JSON is per message, not rows.
+void PrintRows(std::ostream& out, Format f, const std::vector<std::string>& header,
+               std::vector<std::vector<std::string>> rows) {
+  if (f == Format::kCsv) {
+    out << absl::StrJoin(header, ",") << "\n";
+    for (auto& row : rows) {
+      for (auto& c : row) c = CsvField(c);
+      out << absl::StrJoin(row, ",") << "\n";
+    }
+    return;
+  }
+  PrintTable(out, header, rows);
+}
+
+// JSON format of the list commands: one message per line.
+template <typename Messages>
+void PrintJsonLines(std::ostream& out, const Messages& messages) {
+  for (const auto& m : messages) out << ToJson(m) << "\n";
+}
+
+// Protobuf maps iterate in no fixed order; sort metrics by name so output is stable.
+std::map<std::string, double> SortedMetrics(const v1::ModelSummary& m) {
+  return std::map<std::string, double>(m.metrics().begin(), m.metrics().end());
+}
+
+std::string Percent(double fraction) { return absl::StrFormat("%.0f%%", 100 * fraction); }
+
+// Streamed layer tables cannot measure rows they have not seen: columns are as wide as their name, at least 10.
+int ColumnWidth(const std::string& name) { return std::max<int>(10, static_cast<int>(name.size())); }
 
 }  // namespace
 
@@ -150,13 +181,13 @@ void EventRenderer::Render(const v1::JobEvent& ev) {
     case v1::JobEvent::kPerplexity: Perplexity(ev.perplexity()); break;
     case v1::JobEvent::kSummary: Summary(ev.summary()); break;
     case v1::JobEvent::kFinished:
-      if (progress_) std::cerr << "\r" << std::string(60, ' ') << "\r";
+      ClearProgress();
       if (f_ == Format::kTable) {
         out_ << "finished: " << StateName(ev.finished().state());
         if (ev.finished().has_error()) out_ << " (" << ev.finished().error().message() << ")";
         out_ << "\n";
       } else {
-        out_ << "finished," << ",," << "state," << StateName(ev.finished().state()) << "\n";
+        CsvRow("finished", "", "", "state", StateName(ev.finished().state()));
       }
       break;
     default: break;
@@ -164,26 +195,38 @@ void EventRenderer::Render(const v1::JobEvent& ev) {
   out_ << std::flush;
 }
 
+void EventRenderer::ClearProgress() {
+  if (progress_) std::cerr << "\r" << std::string(60, ' ') << "\r";  // blank the '\r' progress line before output
+}
+
+void EventRenderer::CsvHeader() {
+  if (!csv_header_) out_ << "kind,model,layer,metric,value\n";
+  csv_header_ = true;
+}
+
+void EventRenderer::CsvRow(const std::string& kind, const std::string& model, const std::string& layer,
+                           const std::string& metric, const std::string& value) {
+  out_ << kind << "," << CsvField(model) << "," << layer << "," << CsvField(metric) << "," << value << "\n";
+}
+
 void EventRenderer::Layer(const v1::LayerResult& r) {
   const auto flat = FlattenLayer(r);
   if (f_ == Format::kCsv) {
-    if (!csv_header_) {
-      out_ << "kind,model,layer,metric,value\n";
-      csv_header_ = true;
-    }
-    for (const auto& [k, v] : flat) out_ << "layer," << CsvField(r.model()) << "," << r.layer() << "," << CsvField(k) << "," << Num(v) << "\n";
+    CsvHeader();
+    for (const auto& [k, v] : flat) CsvRow("layer", r.model(), std::to_string(r.layer()), k, Num(v));
     return;
   }
-  if (progress_) std::cerr << "\r" << std::string(60, ' ') << "\r";
+  ClearProgress();
   std::vector<std::string> cols;
   for (const auto& kv : flat)
     if (kv.first.find(".std") == std::string::npos) cols.push_back(kv.first);
+  // A new header whenever the model or the set of columns changes (a paired job streams both models' layers).
   if (r.model() != last_table_model_ || cols != table_cols_) {
     last_table_model_ = r.model();
     table_cols_ = cols;
     out_ << "\n" << r.model() << "\n";
     out_ << std::left << std::setw(6) << "layer";
-    for (const auto& c : cols) out_ << "  " << std::setw(std::max<int>(10, static_cast<int>(c.size()))) << c;
+    for (const auto& c : cols) out_ << "  " << std::setw(ColumnWidth(c)) << c;
     out_ << "\n";
   }
   out_ << std::left << std::setw(6) << r.layer();
@@ -191,25 +234,21 @@ void EventRenderer::Layer(const v1::LayerResult& r) {
     double v = 0;
     for (const auto& kv : flat)
       if (kv.first == c) v = kv.second;
-    out_ << "  " << std::setw(std::max<int>(10, static_cast<int>(c.size()))) << Num(v);
+    out_ << "  " << std::setw(ColumnWidth(c)) << Num(v);
   }
   out_ << "\n";
 }
 
 void EventRenderer::Perplexity(const v1::PerplexityResult& r) {
   if (f_ == Format::kCsv) {
-    if (!csv_header_) {
-      out_ << "kind,model,layer,metric,value\n";
-      csv_header_ = true;
-    }
-    const std::string m = CsvField(r.model());
-    out_ << "perplexity," << m << ",," << CsvField(r.condition() + ".perplexity") << "," << Num(r.perplexity()) << "\n";
-    out_ << "perplexity," << m << ",," << CsvField(r.condition() + ".ratio") << "," << Num(r.ratio_to_baseline()) << "\n";
+    CsvHeader();
+    CsvRow("perplexity", r.model(), "", r.condition() + ".perplexity", Num(r.perplexity()));
+    CsvRow("perplexity", r.model(), "", r.condition() + ".ratio", Num(r.ratio_to_baseline()));
     if (r.control_perplexities_size() > 0)
-      out_ << "perplexity," << m << ",," << CsvField(r.condition() + ".control_mean") << "," << Num(r.control().mean()) << "\n";
+      CsvRow("perplexity", r.model(), "", r.condition() + ".control_mean", Num(r.control().mean()));
     return;
   }
-  if (progress_) std::cerr << "\r" << std::string(60, ' ') << "\r";
+  ClearProgress();
   if (!ppl_header_) {
     out_ << "\nperplexity\n";
     ppl_header_ = true;
@@ -225,8 +264,7 @@ void EventRenderer::Perplexity(const v1::PerplexityResult& r) {
 void EventRenderer::Summary(const v1::Summary& s) {
   if (f_ == Format::kCsv) {
     for (const auto& m : s.models())
-      for (const auto& [k, v] : std::map<std::string, double>(m.metrics().begin(), m.metrics().end()))
-        out_ << "summary," << CsvField(m.model()) << ",," << CsvField(k) << "," << Num(v) << "\n";
+      for (const auto& [k, v] : SortedMetrics(m)) CsvRow("summary", m.model(), "", k, Num(v));
     return;
   }
   if (s.comparison_size() > 0) {
@@ -252,8 +290,7 @@ void EventRenderer::Summary(const v1::Summary& s) {
     for (const auto& m : s.models()) {
       out_ << "\nsummary " << m.model() << "\n";
       std::vector<std::vector<std::string>> rows;
-      for (const auto& [k, v] : std::map<std::string, double>(m.metrics().begin(), m.metrics().end()))
-        rows.push_back({k, Num(v)});
+      for (const auto& [k, v] : SortedMetrics(m)) rows.push_back({k, Num(v)});
       PrintTable(out_, {"metric", "value"}, rows);
     }
   }
@@ -268,10 +305,7 @@ void EventRenderer::Summary(const v1::Summary& s) {
 }
 
 void RenderModels(const v1::ListModelsResponse& r, Format f, std::ostream& out) {
-  if (f == Format::kJson) {
-    for (const auto& m : r.models()) out << ToJson(m) << "\n";
-    return;
-  }
+  if (f == Format::kJson) return PrintJsonLines(out, r.models());
   std::vector<std::string> header = {"name", "state", "positional", "layers", "d_model", "heads", "kv", "params",
                                      "dtype", "device", "weights"};
   std::vector<std::vector<std::string>> rows;
@@ -285,17 +319,10 @@ void RenderModels(const v1::ListModelsResponse& r, Format f, std::ostream& out) 
                     std::to_string(m.num_kv_heads()), std::to_string(m.num_parameters()), m.dtype(), m.device(),
                     m.weights_digest().substr(0, 12)});
   }
-  if (f == Format::kCsv) {
-    out << absl::StrJoin(header, ",") << "\n";
-    for (auto& row : rows) {
-      for (auto& c : row) c = CsvField(c);
-      out << absl::StrJoin(row, ",") << "\n";
-    }
-    return;
-  }
-  PrintTable(out, header, rows);
-  for (const auto& m : r.models())
-    if (!m.error().empty()) out << m.name() << ": " << m.error() << "\n";
+  PrintRows(out, f, header, std::move(rows));
+  if (f == Format::kTable)
+    for (const auto& m : r.models())
+      if (!m.error().empty()) out << m.name() << ": " << m.error() << "\n";
 }
 
 void RenderModel(const v1::ModelInfo& m, Format f, std::ostream& out) {
@@ -316,22 +343,11 @@ void RenderModel(const v1::ModelInfo& m, Format f, std::ostream& out) {
 }
 
 void RenderDatasets(const v1::ListDatasetsResponse& r, Format f, std::ostream& out) {
-  if (f == Format::kJson) {
-    for (const auto& d : r.datasets()) out << ToJson(d) << "\n";
-    return;
-  }
+  if (f == Format::kJson) return PrintJsonLines(out, r.datasets());
   std::vector<std::vector<std::string>> rows;
   for (const auto& d : r.datasets())
     rows.push_back({d.name(), std::to_string(d.num_prompts()), d.digest().substr(0, 12), d.description()});
-  if (f == Format::kCsv) {
-    out << "name,prompts,digest,description\n";
-    for (auto& row : rows) {
-      for (auto& c : row) c = CsvField(c);
-      out << absl::StrJoin(row, ",") << "\n";
-    }
-    return;
-  }
-  PrintTable(out, {"name", "prompts", "digest", "description"}, rows);
+  PrintRows(out, f, {"name", "prompts", "digest", "description"}, std::move(rows));
 }
 
 void RenderServerInfo(const v1::ServerInfo& r, Format f, std::ostream& out) {
@@ -353,7 +369,7 @@ void RenderJob(const v1::Job& j, Format f, std::ostream& out) {
     return;
   }
   using google::protobuf::util::TimeUtil;
-  out << "job " << j.id() << "  " << StateName(j.state()) << "  progress " << absl::StrFormat("%.0f%%", 100 * j.progress())
+  out << "job " << j.id() << "  " << StateName(j.state()) << "  progress " << Percent(j.progress())
       << "  models " << absl::StrJoin(j.spec().models(), ",") << "\n";
   out << "submitted " << TimeUtil::ToString(j.submitted_at()) << " by " << j.submitted_by();
   if (j.has_finished_at()) out << ", finished " << TimeUtil::ToString(j.finished_at());
@@ -368,25 +384,15 @@ void RenderJob(const v1::Job& j, Format f, std::ostream& out) {
 }
 
 void RenderJobs(const v1::ListJobsResponse& r, Format f, std::ostream& out) {
-  if (f == Format::kJson) {
-    for (const auto& j : r.jobs()) out << ToJson(j) << "\n";
-    return;
-  }
+  if (f == Format::kJson) return PrintJsonLines(out, r.jobs());
   using google::protobuf::util::TimeUtil;
   std::vector<std::vector<std::string>> rows;
   for (const auto& j : r.jobs())
-    rows.push_back({j.id(), StateName(j.state()), absl::StrFormat("%.0f%%", 100 * j.progress()),
-                    absl::StrJoin(j.spec().models(), "+"), TimeUtil::ToString(j.submitted_at()), j.spec().label()});
-  if (f == Format::kCsv) {
-    out << "id,state,progress,models,submitted,label\n";
-    for (auto& row : rows) {
-      for (auto& c : row) c = CsvField(c);
-      out << absl::StrJoin(row, ",") << "\n";
-    }
-    return;
-  }
-  PrintTable(out, {"id", "state", "progress", "models", "submitted", "label"}, rows);
-  if (!r.next_page_token().empty()) out << "(more: --page-token " << r.next_page_token() << ")\n";
+    rows.push_back({j.id(), StateName(j.state()), Percent(j.progress()), absl::StrJoin(j.spec().models(), "+"),
+                    TimeUtil::ToString(j.submitted_at()), j.spec().label()});
+  PrintRows(out, f, {"id", "state", "progress", "models", "submitted", "label"}, std::move(rows));
+  if (f == Format::kTable && !r.next_page_token().empty())
+    out << "(more: --page-token " << r.next_page_token() << ")\n";
 }
 
 }  // namespace sinkscope::client

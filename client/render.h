@@ -28,6 +28,11 @@ class EventRenderer {
   void Layer(const sinkscope::v1::LayerResult& r);
   void Perplexity(const sinkscope::v1::PerplexityResult& r);
   void Summary(const sinkscope::v1::Summary& s);
+  void ClearProgress();
+  void CsvHeader();  // once per stream, before the first layer or perplexity row
+  // One row of the long CSV format; `layer` is empty for per-model rows.
+  void CsvRow(const std::string& kind, const std::string& model, const std::string& layer, const std::string& metric,
+              const std::string& value);
   Format f_;
   std::ostream& out_;
   bool progress_;

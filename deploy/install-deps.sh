@@ -8,7 +8,7 @@ PACKAGES=(
   # toolchain
   g++ cmake ninja-build ccache pkg-config git
   # engine
-  libtorch-dev libopenblas0-pthread   # openblas: without it LibTorch's fp32 matmul is ~30x slower (toolchain.md §4)
+  libtorch-dev libopenblas0-pthread   # openblas: without it fp32 matmul is ~30x slower (docs/design-notes.md §4)
   # RPC and contract
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   # libraries

@@ -1,6 +1,6 @@
 // The analyses' single LibTorch translation unit. Each metric keeps its own file (formula comment + reducer);
 // they are compiled together here because every TU that includes ATen costs ~5-15 s on the project's 2-core
-// machines (toolchain.md §3). The included .cc files are listed in CMake as HEADER_FILE_ONLY; each uses its own
+// machines (docs/design-notes.md §8). The included .cc files are listed in CMake as HEADER_FILE_ONLY; each uses its own
 // *_internal namespace so the unity build cannot collide.
 #include "common/analysis/activation_stats.cc"
 #include "common/analysis/analysis.cc"

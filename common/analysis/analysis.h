@@ -54,7 +54,7 @@ class StatAcc {
   double mean_ = 0, m2_ = 0;
 };
 
-// Gini coefficient of non-negative values, in float64 (the study computed it in fp16 and overflowed, seed §4.6):
+// Gini coefficient of non-negative values, in float64 (the study's fp16 version overflowed, docs/study.md §6.6):
 //   x sorted ascending, i = 1..n:  G = 2·Σ i·x_i / (n·Σ x_i) − (n+1)/n ;  G = 0 when Σ x_i = 0.
 double Gini(std::vector<double> values);
 

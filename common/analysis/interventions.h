@@ -1,11 +1,11 @@
 // Interventions (write hooks) used by PerplexityAnalysis. Each adds model::HookSet interventions for one forward;
 // the forward continues with the returned tensor. Activations keep the model's dtype; means are taken in fp32.
 //
-// BOS-MLP ablation (seed §3.4.1 intervention A):  blocks.L.hook_mlp_out[0, :] ← 0   (MLP output of the BOS
+// BOS-MLP ablation (docs/study.md §4.9):  blocks.L.hook_mlp_out[0, :] ← 0   (MLP output of the BOS
 //   position before the residual add; attention output untouched). L explicit, or the spike layer of the model
-//   (residual_stats.h: argmax_ratio = the study's rule, argmax_jump = the layer the BOS norm jumps at, seed §4.5).
+//   (residual_stats.h: argmax_ratio = the study's rule, argmax_jump = where the BOS norm jumps, docs/study.md §6.5).
 //
-// Q/K massive-dimension disruption (seed §3.2.1, run_disruption_rigorous.py):
+// Q/K massive-dimension disruption (docs/study.md §4.3, run_disruption_rigorous.py):
 //   identification on a prompt set P (pre-rotary blocks.l.attn.hook_q / hook_k, flat index j = h·hd + d):
 //     N_l[h,d] = ‖X_l[:,h,d]‖₂ over all T positions (BOS included, no /√T), per prompt, float64
 //     N̄_l = elementwise mean over P ;  mask_l = N̄_l > λ·mean_{h,d}(N̄_l)  (LAYER scope; HEAD: per-head mean)
@@ -17,7 +17,7 @@
 //     torch::manual_seed do to the default CPU generator); for each kept layer ascending, for q then k:
 //     n = |mask|, idx = randperm(F)[:n] (F = heads·hd of that projection) → same per-layer, per-tensor counts.
 //
-// Jin-style top-k per head mean replacement (seed §3.2.3, §5): in EVERY layer, for Q and K separately
+// Jin-style top-k per head mean replacement (docs/study.md §4.5): in EVERY layer, for Q and K separately
 //   (pre-rotary hook_q/hook_k, or post-rotary hook_rot_q/hook_rot_k): norms[h,d] = ‖X[:,h,d]‖₂ (fp32);
 //   per head the k dims with the largest norm (smallest with `smallest`, Jin's control); with λ only those with
 //   norms[h,d] > λ·mean_d norms[h,:] (run_phase_metrics' QKMassiveDisruptionHook); X[:,h,d] ← mean_t X[t,h,d].

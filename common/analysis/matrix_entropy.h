@@ -1,4 +1,4 @@
-// Matrix (representation) entropy of the residual stream (Queipo-style as the study; seed-spec §3.4.1, §6, §4.3).
+// Matrix (representation) entropy of the residual stream (Queipo-style as the study; docs/study.md §4.8, §6.3, §6.9).
 //
 //   X = blocks.l.hook_resid_post ∈ R^{T×d} in float64 (ln_final.hook_normalized for the last layer with
 //       final_norm_last_layer, as residual_stats.h)

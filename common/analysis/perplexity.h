@@ -1,4 +1,4 @@
-// Token-weighted perplexity (seed-spec §3.2.1; variant §3.4.1; §4.6 "T vs T−1").
+// Token-weighted perplexity (docs/study.md §4.4; §6.10 "T vs T−1").
 //
 //   NLL_t = −log p(ids[t+1] | ids[0..t]),  t = 0..T−2        the forward's target_nll (fp32 log-softmax of fp32
 //                                                            logits); BOS is context only, never a target

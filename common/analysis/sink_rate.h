@@ -1,4 +1,4 @@
-// Attention sink rate (Queipo-de-Llano et al. as implemented by the study; seed-spec §3.4.1, §3.4.2, §4.6, §6).
+// Attention sink rate (Queipo-de-Llano et al. as implemented by the study; docs/study.md §4.6, §6.7, §6.8).
 //
 //   A[l,h,t,j]   attention probability of query row t on key j (causal, j ≤ t), float32
 //   score[l,h]   = (1/|R|) Σ_{t∈R} A[l,h,t,0]        mean attention mass on position 0 (BOS)

@@ -34,24 +34,24 @@ std::vector<Dataset> CompiledIn() {
   const std::string kSeed = "DavidDemitriAfrica/drope-activations @2395c15";
   std::vector<Dataset> v;
   v.push_back(Make("study-massive-comparison",
-                   "Exp. 1 Llama comparison: 3 sentences, each repeated x10 (seed-spec §3.1.2)",
+                   "Exp. 1 Llama comparison: 3 sentences, each repeated x10 (docs/study.md §5.1.1)",
                    {Repeat("The quick brown fox jumps over the lazy dog. ", 10),
                     Repeat("Machine learning models have revolutionized artificial intelligence. ", 10),
                     Repeat("Natural language processing enables computers to understand human language. ", 10)},
                    kSeed + " scripts/run_llama_comparison.py"));
   v.push_back(Make("study-disruption-literary",
-                   "Exp. 2 literary set (massive-dim identification and trials; seed-spec §3.2.1)",
+                   "Exp. 2 literary set (massive-dim identification and trials; docs/study.md §5.2.1)",
                    {Repeat("In a hole in the ground there lived a hobbit. Not a nasty, dirty, wet hole. ", 10),
                     Repeat("It was the best of times, it was the worst of times. ", 15),
                     Repeat("Call me Ishmael. Some years ago, never mind how long precisely. ", 10)},
                    kSeed + " scripts/run_disruption_rigorous.py"));
-  v.push_back(Make("study-disruption-technical", "Exp. 2 technical evaluation set (seed-spec §3.2.1)",
+  v.push_back(Make("study-disruption-technical", "Exp. 2 technical evaluation set (docs/study.md §5.2.1)",
                    {Repeat("The transformer architecture uses self-attention mechanisms to process sequences. ", 15),
                     Repeat("Machine learning models learn patterns from data through optimization. ", 15),
                     Repeat("Neural networks consist of layers of interconnected nodes. ", 15)},
                    kSeed + " scripts/run_disruption_rigorous.py"));
   v.push_back(Make(
-      "study-disruption-repetitive", "Exp. 2 repetitive evaluation set (seed-spec §3.2.1)",
+      "study-disruption-repetitive", "Exp. 2 repetitive evaluation set (docs/study.md §5.2.1)",
       {Repeat("The quick brown fox jumps over the lazy dog. ", 30),
        Repeat("Pack my box with five dozen liquor jugs. ", 30), Repeat("How vexingly quick daft zebras jump. ", 30)},
       kSeed + " scripts/run_disruption_rigorous.py"));

@@ -1,6 +1,6 @@
 // Built-in datasets: prompt sets a job can name in Inputs.dataset. Torch-free.
 //
-// Compiled in (exact strings of the study, seed-spec §3.1.2 and §3.2.1; Python's `s * n` = n copies of s, trailing
+// Compiled in (exact strings of the study, docs/study.md §5.1.1 and §5.2.1; Python's `s * n` = n copies of s, trailing
 // space included):
 //   study-massive-comparison      3 texts, run_llama_comparison.py (Exp. 1 per-layer table)
 //   study-disruption-literary     3 texts, run_disruption_rigorous.py (identification + trial set of Exp. 2)

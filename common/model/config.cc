@@ -1,4 +1,4 @@
-// config.json parsing for Llama / SakanaAI DroPE checkpoints (seed-spec §1.2–1.3). Torch-free.
+// config.json parsing for Llama / SakanaAI DroPE checkpoints (docs/study.md §2.2–§2.5). Torch-free.
 //
 // Required fields: model_type, vocab_size, hidden_size, intermediate_size, num_hidden_layers,
 // num_attention_heads, max_position_embeddings. Optional (HF LlamaConfig defaults): num_key_value_heads

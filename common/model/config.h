@@ -1,6 +1,6 @@
 // Llama-family model configuration, read from a Hugging Face config.json.
 // Supports model_type "llama" (RoPE) and SakanaAI DroPE's "llama_drope" (attention_type nope / qk_norm_nope /
-// q_norm_nope / k_norm_nope, optional softmax_scale). See shared seed-spec §1.2–1.3.
+// q_norm_nope / k_norm_nope, optional softmax_scale). See docs/study.md §2.3–§2.5.
 #pragma once
 
 #include <cstdint>

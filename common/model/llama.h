@@ -1,6 +1,6 @@
 // Llama / DroPE forward pass in LibTorch, over one prompt or several prompts packed into one forward, with named
 // hook points (hooks.h). Attention is computed in query chunks with fp32 scores and softmax, so DroPE's large Q/K
-// norms cannot overflow (docs/study.md §4.1) and T=4096 never materialises all heads' T×T scores at once.
+// norms cannot overflow (docs/study.md §6.1) and T=4096 never materialises all heads' T×T scores at once.
 // Loading (config.json + safetensors → weights) lives in weights.h; this file only computes.
 #pragma once
 

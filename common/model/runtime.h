@@ -7,7 +7,7 @@ namespace sinkscope::model {
 
 // Sets LibTorch's intra-op thread count (torch::set_num_threads) and OpenBLAS's, when it is the BLAS. n <= 0: all
 // hardware threads. Debian's LibTorch
-// defaults to 1 thread on small VMs (toolchain.md §2 pitfall 4), so servers and benches should call this.
+// defaults to 1 thread on small VMs (docs/design-notes.md §5), so servers and benches should call this.
 void SetComputeThreads(int n);
 int ComputeThreads();  // torch::get_num_threads()
 bool CudaAvailable();  // LibTorch built with CUDA and a device present

@@ -1,6 +1,6 @@
 // SentencePiece BPE tokenizer compatible with Llama-2's tokenizer.model (byte fallback, "▁" whitespace,
 // dummy prefix, BOS=1 prepended, no EOS), implemented without libsentencepiece (it cannot share a process with
-// libprotobuf; see toolchain.md). The model file is parsed with the project's own copy of the
+// libprotobuf; see docs/design-notes.md §2). The model file is parsed with the project's own copy of the
 // sentencepiece_model.proto schema. Torch-free.
 #pragma once
 

@@ -48,7 +48,7 @@ TEST(Datasets, CompiledInStudySetsAreExact) {
     EXPECT_EQ(d.digest, util::Sha256Hex(nlohmann::json(d.prompts).dump()));
     EXPECT_FALSE(d.description.empty());
     EXPECT_NE(d.source.find("drope-activations"), std::string::npos);
-    EXPECT_NE(d.description.find("§3."), std::string::npos) << d.name;
+    EXPECT_NE(d.description.find("docs/study.md §"), std::string::npos) << d.name;
   }
   EXPECT_NE(all[0].digest, all[1].digest);
 }

@@ -305,7 +305,7 @@ TEST(KnownAnswers, ResidualNormsAndFinalNormSwitch) {
 }
 
 TEST(KnownAnswers, SpikeRulesDifferAsTheSeedSpecDescribes) {
-  // BOS gets +100·e3 at layer 1 and +1·e3 at layer 2: the norm jumps at 1, the ratio peaks at 2 (seed §4.5).
+  // BOS gets +100·e3 at layer 1 and +1·e3 at layer 2: the norm jumps at 1, the ratio peaks at 2 (docs/study.md §6.5).
   auto m = OrthogonalEmbeddingModel(true);
   job::PerplexitySpec ppl;
   job::BosMlpAblation ratio, jump, explicit1;

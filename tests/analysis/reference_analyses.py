@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Independent python3-torch reference for every sinkscope analysis (used by tests/analysis/reference_test.cc).
 
-Written from the study's formulas (shared seed-spec §3.1.1, §3.2.1, §3.2.3, §3.4.1, §3.4.2) — not from the C++
+Written from the study's formulas (docs/study.md §4.1, §4.3–§4.9) — not from the C++
 engine: whole-tensor numpy/torch computations over all prompts at once (no streaming, no chunking), the manual
 attention exactly as rerun_drope_metrics.compute_sink_rate_manual, the Gram matrix always T×T, the disruption masks
 applied as the study's `Y * (1 - mask)`, the random control via torch.manual_seed + torch.randperm, Jin-style

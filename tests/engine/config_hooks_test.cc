@@ -12,7 +12,7 @@ namespace {
 
 using nlohmann::json;
 
-// Llama-2-7b-hf config.json (public copy, seed-spec §1.2).
+// Llama-2-7b-hf config.json (public copy, docs/study.md §2.2).
 json Llama2Config() {
   return json::parse(R"({
     "architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",

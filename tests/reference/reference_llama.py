@@ -185,7 +185,7 @@ class Model:
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             q = rec(b + "attn.hook_rot_q", q.transpose(1, 2), 1).transpose(1, 2)
             k = rec(b + "attn.hook_rot_k", k.transpose(1, 2), 1).transpose(1, 2)
-            # eager_attention_forward, with fp32 score accumulation (seed-spec §4.1 rule)
+            # eager_attention_forward, with fp32 score accumulation (docs/study.md §6.1)
             key_states = repeat_kv(k, self.H // self.K)
             value_states = repeat_kv(v, self.H // self.K)
             attn_weights = torch.matmul(q.float(), key_states.float().transpose(2, 3)) * self.scaling
