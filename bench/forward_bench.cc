@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -40,7 +41,11 @@
 namespace {
 
 using sinkscope::model::LlamaConfig;
-using Clock = std::chrono::steady_clock;
+using sinkscope::bench::Clock;
+using sinkscope::bench::CpuModel;
+using sinkscope::bench::LoadAvg;
+using sinkscope::bench::Median;
+using sinkscope::bench::Seconds;
 
 int64_t StatusKb(const char* key) {
   std::ifstream in("/proc/self/status");
@@ -57,22 +62,8 @@ bool ResetPeakRss() {
   return cr.good();
 }
 
-std::string LoadAvg() {
-  std::ifstream in("/proc/loadavg");
-  std::string a, b, c;
-  in >> a >> b >> c;
-  return a + " " + b + " " + c;
-}
 
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown";
-}
 
-double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
 // Process CPU time (user + system, all threads). Less sensitive than wall time to other jobs on a shared machine.
 double CpuSeconds() {
@@ -81,10 +72,6 @@ double CpuSeconds() {
   return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
 }
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 // Best-of-N 1024×1024 matmul rate.
 double MatmulPeakGflops(at::ScalarType dt) {
@@ -142,32 +129,14 @@ sinkscope::model::LlamaWeights RandomWeights(const LlamaConfig& c, at::ScalarTyp
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> flags = {
-      {"threads", "2"},   {"out", SINKSCOPE_BENCH_RESULTS}, {"layers", "4"},          {"hidden", "256"},
-      {"heads", "4"},     {"kv-heads", "4"},                {"intermediate", "688"},  {"vocab", "4096"},
-      {"lengths", "512,2048,4096"}, {"dtypes", "float32,bfloat16"}, {"repeats", "5"}, {"tune-malloc", "1"}, {"chunk", "512"}};
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::cout << "sinkscope-bench [--key=value ...]; keys and defaults:\n";
-      for (const auto& [k, v] : flags) std::cout << "  --" << k << "=" << v << "\n";
-      return 0;
-    }
-    auto eq = a.find('=');
-    if (a.rfind("--", 0) != 0 || eq == std::string::npos || !flags.count(a.substr(2, eq - 2))) {
-      std::cerr << "unknown or malformed flag: " << a << " (see --help)\n";
-      return 2;
-    }
-    flags[a.substr(2, eq - 2)] = a.substr(eq + 1);
-  }
-  auto num = [&](const char* k) {
-    int64_t v = 0;
-    if (!absl::SimpleAtoi(flags[k], &v)) {
-      std::cerr << "--" << k << " must be an integer\n";
-      std::exit(2);
-    }
-    return v;
-  };
+  auto flags = sinkscope::bench::ParseFlags(
+      argc, argv,
+      {{"threads", "2"},   {"out", SINKSCOPE_BENCH_RESULTS}, {"layers", "4"},          {"hidden", "256"},
+       {"heads", "4"},     {"kv-heads", "4"},                {"intermediate", "688"},  {"vocab", "4096"},
+       {"lengths", "512,2048,4096"}, {"dtypes", "float32,bfloat16"}, {"repeats", "5"}, {"tune-malloc", "1"},
+       {"chunk", "512"}},
+      "sinkscope-bench");
+  auto num = [&](const char* k) { return sinkscope::bench::IntFlag(flags, k); };
   const int threads = static_cast<int>(num("threads"));
   const bool tune_malloc = num("tune-malloc") != 0;
   const bool malloc_tuned = tune_malloc && sinkscope::model::TuneMallocForTensors();

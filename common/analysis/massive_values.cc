@@ -53,16 +53,21 @@ class MassiveValues final : public LayerAnalysis {
   }
 
   void Register(const PromptCtx& p, model::HookSet* hooks) override {
+    // Per-prompt totals are keyed by prompt: a packed forward registers several prompts before running them.
+    std::vector<int64_t>& totals = prompt_totals_[p.index];
+    totals.assign(tensors_.size(), 0);
     for (size_t i = 0; i < tensors_.size(); ++i) {
-      per_[i].prompt_total = 0;
       for (int64_t l = 0; l < dims_.n_layers; ++l)
         hooks->Observe(model::HookName(l, HookOf(tensors_[i], spec_.post_rotary)),
-                       [this, i, l](const model::HookPoint&, const at::Tensor& x) { Observe(i, l, x); });
+                       [this, i, l, &totals](const model::HookPoint&, const at::Tensor& x) { totals[i] += Observe(i, l, x); });
     }
   }
 
-  void EndPrompt(const PromptCtx&) override {
-    for (auto& pt : per_) pt.total.Add(static_cast<double>(pt.prompt_total));
+  void EndPrompt(const PromptCtx& p) override {
+    auto it = prompt_totals_.find(p.index);
+    if (it == prompt_totals_.end()) return;
+    for (size_t i = 0; i < per_.size(); ++i) per_[i].total.Add(static_cast<double>(it->second[i]));
+    prompt_totals_.erase(it);
   }
 
   void Fill(int32_t layer, job::LayerResult* out) const override {
@@ -109,10 +114,10 @@ class MassiveValues final : public LayerAnalysis {
   struct PerTensor {
     std::vector<Layer> layers;
     StatAcc total;
-    int64_t prompt_total = 0;
   };
 
-  void Observe(size_t i, int64_t l, const at::Tensor& x) {
+  // Reduces one prompt's activation at one layer; returns its count of massive entries.
+  int64_t Observe(size_t i, int64_t l, const at::Tensor& x) {
     at::Tensor M = NormMatrix(x).cpu();
     const int64_t count = MassiveMask(M, spec_.lambda, spec_.scope).sum().item<int64_t>();
     Layer& L = per_[i].layers[l];
@@ -121,13 +126,14 @@ class MassiveValues final : public LayerAnalysis {
     at::Tensor flat = M.flatten().contiguous();
     L.gini.Add(Gini(std::vector<double>(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel())));
     L.m_sum = L.m_sum.defined() ? L.m_sum + M : M.clone();
-    per_[i].prompt_total += count;
+    return count;
   }
 
   job::MassiveValuesSpec spec_;
   ModelDims dims_;
   std::vector<job::QkvTensor> tensors_;
   std::vector<PerTensor> per_;
+  std::map<int32_t, std::vector<int64_t>> prompt_totals_;  // prompt index -> count per tensor, until EndPrompt
 };
 
 }  // namespace massive_values_internal

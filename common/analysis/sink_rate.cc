@@ -22,14 +22,16 @@ class SinkRate final : public LayerAnalysis {
 
   void Register(const PromptCtx& p, model::HookSet* hooks) override {
     const bool exclude = spec_.query_rows == job::QueryRows::kExcludeBos;
+    // Per-prompt scratch: in a packed forward, prompts' pattern chunks (and their q/k hooks) interleave.
+    auto cur = std::make_shared<Current>();
     for (int64_t l = 0; l < dims_.n_layers; ++l) {
       if (spec_.source == job::AttentionSource::kModel) {
         hooks->Observe(model::HookName(l, model::HookId::kPattern),
-                       [this, l, p, exclude](const model::HookPoint& hp, const at::Tensor& P) {
+                       [this, l, p, exclude, cur](const model::HookPoint& hp, const at::Tensor& P) {
                          // P: [H, tq, T] float32, query rows [q_offset, q_offset + tq).
                          if (hp.q_offset == 0) {
-                           cur_sum_.assign(dims_.n_heads, 0.0);
-                           cur_rows_ = 0;
+                           cur->sum.assign(dims_.n_heads, 0.0);
+                           cur->rows = 0;
                          }
                          const int64_t tq = P.size(1);
                          at::Tensor col0 = P.select(2, 0);  // [H, tq]
@@ -37,23 +39,24 @@ class SinkRate final : public LayerAnalysis {
                          if (col0.size(1) > 0) {
                            at::Tensor s = col0.to(at::kDouble).sum(1).cpu().contiguous();
                            const double* ps = s.data_ptr<double>();
-                           for (int64_t h = 0; h < dims_.n_heads; ++h) cur_sum_[h] += ps[h];
-                           cur_rows_ += col0.size(1);
+                           for (int64_t h = 0; h < dims_.n_heads; ++h) cur->sum[h] += ps[h];
+                           cur->rows += col0.size(1);
                          }
-                         if (hp.q_offset + tq == p.T) Finish(l);
+                         if (hp.q_offset + tq == p.T) Finish(l, *cur);
                        });
       } else {
         hooks->Observe(model::HookName(l, model::HookId::kQ),
-                       [this](const model::HookPoint&, const at::Tensor& q) { q_ = q; });  // not modified later
-        hooks->Observe(model::HookName(l, model::HookId::kK), [this, l, exclude](const model::HookPoint&, const at::Tensor& k) {
-          int64_t rows = 0;
-          at::Tensor s = PreRotaryBosAttentionSums(q_, k, exclude, &rows);
-          q_ = at::Tensor();
-          const double* ps = s.data_ptr<double>();
-          cur_sum_.assign(ps, ps + dims_.n_heads);
-          cur_rows_ = rows;
-          Finish(l);
-        });
+                       [cur](const model::HookPoint&, const at::Tensor& q) { cur->q = q; });  // not modified later
+        hooks->Observe(model::HookName(l, model::HookId::kK),
+                       [this, l, exclude, cur](const model::HookPoint&, const at::Tensor& k) {
+                         int64_t rows = 0;
+                         at::Tensor s = PreRotaryBosAttentionSums(cur->q, k, exclude, &rows);
+                         cur->q = at::Tensor();
+                         const double* ps = s.data_ptr<double>();
+                         cur->sum.assign(ps, ps + dims_.n_heads);
+                         cur->rows = rows;
+                         Finish(l, *cur);
+                       });
       }
     }
   }
@@ -78,11 +81,18 @@ class SinkRate final : public LayerAnalysis {
   }
 
  private:
-  void Finish(int64_t l) {
-    if (cur_rows_ == 0) return;  // T = 1 with EXCLUDE_BOS: no query rows
+  // One prompt's layer: its BOS-attention sums over the selected query rows.
+  struct Current {
+    std::vector<double> sum;
+    int64_t rows = 0;
+    at::Tensor q;  // pre-rotary source: hook_q, kept until the layer's hook_k
+  };
+
+  void Finish(int64_t l, const Current& cur) {
+    if (cur.rows == 0) return;  // T = 1 with EXCLUDE_BOS: no query rows
     int64_t sinks = 0;
     for (int64_t h = 0; h < dims_.n_heads; ++h) {
-      const double score = cur_sum_[h] / static_cast<double>(cur_rows_);
+      const double score = cur.sum[h] / static_cast<double>(cur.rows);
       head_sum_[l][h] += score;
       if (score >= spec_.tau) ++sinks;
     }
@@ -95,10 +105,6 @@ class SinkRate final : public LayerAnalysis {
   std::vector<StatAcc> rate_;
   std::vector<std::vector<double>> head_sum_;
   std::vector<int64_t> head_n_;
-  // Current prompt, current layer.
-  std::vector<double> cur_sum_;
-  int64_t cur_rows_ = 0;
-  at::Tensor q_;
 };
 
 }  // namespace sink_rate_internal

@@ -188,11 +188,14 @@ class Executor {
     const ModelPlan& mp = plan_.models[p.model];
     switch (p.kind) {
       case Pass::Kind::kBaseline: {
-        const int32_t P = static_cast<int32_t>(mp.prompts.size());
-        const std::vector<int32_t>& ids = mp.prompts[p.first_prompt];
-        const analysis::PromptCtx ctx{p.first_prompt, static_cast<int64_t>(ids.size())};
-        model::HookSet hooks;
-        obs_->Register(ctx, &hooks);
+        // One hook set per prompt: the analyses' observers are per prompt (PromptCtx).
+        std::vector<model::HookSet> hooks(p.num_prompts);
+        std::vector<analysis::PromptCtx> ctx;
+        for (int32_t i = 0; i < p.num_prompts; ++i) {
+          const int32_t k = p.first_prompt + i;
+          ctx.push_back({k, static_cast<int64_t>(mp.prompts[k].size())});
+          obs_->Register(ctx.back(), &hooks[i]);
+        }
         // Layer results are final once the last prompt's forward has passed the layer: stream them from there
         // (the last layer waits for the final norm when an analysis reads it after ln_final).
         std::function<void(int)> on_layer;
@@ -201,35 +204,44 @@ class Executor {
             if (!(obs_->last_after_norm && l == dims_.n_layers - 1)) EmitLayer(l);
           };
         const bool want_nll = plan_.perplexity() != nullptr;
-        ASSIGN_OR_RETURN(at::Tensor nll, Forward("baseline", p.first_prompt, P, ids, &hooks, want_nll, on_layer));
+        ASSIGN_OR_RETURN(std::vector<at::Tensor> nll,
+                         Forward("baseline", p, mp.prompts, Pointers(hooks), want_nll, on_layer));
         for (const auto& a : obs_->emitted)
           RETURN_IF_ERROR(WithContext(a->status(), absl::StrCat("model ", mp.handle.name)));
-        for (const auto& a : obs_->emitted) a->EndPrompt(ctx);
-        if (want_nll) base_.Add(nll);
+        for (const analysis::PromptCtx& c : ctx)
+          for (const auto& a : obs_->emitted) a->EndPrompt(c);
+        if (want_nll)
+          for (const at::Tensor& t : nll) base_.Add(t);
         if (group_ends) EndBaseline();
         return absl::OkStatus();
       }
       case Pass::Kind::kIdentify: {
-        const auto& prompts = mp.identify_prompts[p.intervention];
         if (p.first_prompt == 0) own_ident_ = std::make_unique<analysis::QkIdentifier>(dims_);
-        model::HookSet hooks;
+        model::HookSet hooks;  // one set serves every prompt of the pack: the identifier sums over prompts
         own_ident_->Register(&hooks);
-        return Forward("identify", p.first_prompt, static_cast<int32_t>(prompts.size()), prompts[p.first_prompt],
-                       &hooks, false, nullptr)
+        return Forward("identify", p, mp.identify_prompts[p.intervention],
+                       std::vector<const model::HookSet*>(p.num_prompts, &hooks), false, nullptr)
             .status();
       }
       case Pass::Kind::kCondition: {
         if (p.first_prompt == 0) RETURN_IF_ERROR(BeginCondition(p));
-        model::HookSet hooks;
+        model::HookSet hooks;  // an intervention does the same to every prompt
         cond_.install(&hooks);
-        ASSIGN_OR_RETURN(at::Tensor nll, Forward(cond_.name, p.first_prompt, static_cast<int32_t>(mp.prompts.size()),
-                                                 mp.prompts[p.first_prompt], &hooks, true, nullptr));
-        cond_acc_.Add(nll);
+        ASSIGN_OR_RETURN(std::vector<at::Tensor> nll,
+                         Forward(cond_.name, p, mp.prompts, std::vector<const model::HookSet*>(p.num_prompts, &hooks),
+                                 true, nullptr));
+        for (const at::Tensor& t : nll) cond_acc_.Add(t);
         if (group_ends) EndCondition(p, next);
         return absl::OkStatus();
       }
     }
     return absl::InternalError("unknown pass kind");
+  }
+
+  static std::vector<const model::HookSet*> Pointers(const std::vector<model::HookSet>& hooks) {
+    std::vector<const model::HookSet*> out;
+    for (const model::HookSet& h : hooks) out.push_back(&h);
+    return out;
   }
 
   // After the last baseline pass: deferred layers, per-model metrics, the baseline perplexity.
@@ -316,17 +328,32 @@ class Executor {
     ppl_.push_back(r);
   }
 
-  // One forward with progress, cancellation between layers and `on_layer` after each layer. Returns the target NLL
-  // (undefined unless want_nll).
-  absl::StatusOr<at::Tensor> Forward(const std::string& condition, int32_t p, int32_t P, const std::vector<int32_t>& ids,
-                                     const model::HookSet* hooks, bool want_nll,
-                                     const std::function<void(int)>& on_layer) {
+  // One forward over the pass's prompts (packed when there are several) with progress, cancellation between
+  // layers and `on_layer` after each layer. hooks[i] are prompt i's. Returns each prompt's target NLL (empty
+  // unless want_nll).
+  absl::StatusOr<std::vector<at::Tensor>> Forward(const std::string& condition, const Pass& pass,
+                                                  const std::vector<std::vector<int32_t>>& prompts,
+                                                  const std::vector<const model::HookSet*>& hooks, bool want_nll,
+                                                  const std::function<void(int)>& on_layer) {
     RETURN_IF_ERROR(Cancelled());
     const ModelHandle& mh = plan_.models[m_].handle;
     const int64_t L = mh.model->config().num_hidden_layers;
+    const int32_t p = pass.first_prompt, P = static_cast<int32_t>(prompts.size());
     ReportProgress(condition, p, P, -1, L, /*force=*/p == 0);
     model::ForwardOptions o;
-    o.hooks = hooks;
+    std::vector<int32_t> ids;
+    std::vector<int64_t> lens;
+    for (int32_t i = 0; i < pass.num_prompts; ++i) {
+      const std::vector<int32_t>& prompt = prompts[p + i];
+      ids.insert(ids.end(), prompt.begin(), prompt.end());
+      lens.push_back(static_cast<int64_t>(prompt.size()));
+    }
+    if (lens.size() == 1) {
+      o.hooks = hooks[0];
+    } else {
+      o.segments = lens;
+      o.segment_hooks = hooks;
+    }
     o.return_logits = false;
     o.return_target_nll = want_nll;
     o.after_layer = [&](int l) -> absl::Status {
@@ -335,10 +362,19 @@ class Executor {
       return Cancelled();
     };
     absl::StatusOr<model::ForwardResult> r = mh.model->Forward(ids, o);
-    if (!r.ok()) return WithContext(r.status(), absl::StrCat("model ", mh.name, ", ", condition, ", prompt ", p));
+    if (!r.ok()) {
+      const std::string which =
+          lens.size() == 1 ? absl::StrCat("prompt ", p) : absl::StrCat("prompts ", p, "-", p + pass.num_prompts - 1);
+      return WithContext(r.status(), absl::StrCat("model ", mh.name, ", ", condition, ", ", which));
+    }
     ++done_;
     ++passes_;
-    return std::move(r->target_nll);
+    std::vector<at::Tensor> nll;
+    if (!want_nll) return nll;
+    if (lens.size() == 1) return std::vector<at::Tensor>{std::move(r->target_nll)};
+    std::vector<int64_t> targets;  // each prompt's T - 1 targets, in order
+    for (int64_t n : lens) targets.push_back(n - 1);
+    return r->target_nll.split_with_sizes(targets);
   }
 
   absl::Status Cancelled() const { return cancel_ ? cancel_() : absl::OkStatus(); }

@@ -25,6 +25,9 @@ struct RunLimits {
   int32_t max_tokens_per_prompt = 4096;  // truncation length (BOS included) and upper bound of JobSpec.max_tokens
   int32_t max_prompts = 1000;            // prompts per job after Inputs.max_prompts
   std::string data_dir;                  // built-in dataset files (brown-heldout.txt)
+  // Prompts are packed into forwards of at most this many tokens (block-diagonal attention: results are those of
+  // one prompt per forward); a prompt longer than the budget runs alone. <= 1: one prompt per forward.
+  int32_t pack_tokens = 4096;
 };
 
 }  // namespace sinkscope::job

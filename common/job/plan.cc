@@ -73,11 +73,19 @@ std::vector<std::string> Labels(const PerplexitySpec* ppl) {
   return labels;
 }
 
-// Appends one pass per prompt of a prompt list.
-void AddPasses(Pass::Kind kind, int32_t model, int32_t intervention, int32_t control, size_t num_prompts,
-               std::vector<Pass>* passes) {
-  for (size_t p = 0; p < num_prompts; ++p)
-    passes->push_back(Pass{kind, model, intervention, control, static_cast<int32_t>(p), 1});
+// Appends the passes over a prompt list: consecutive prompts packed greedily into forwards of at most
+// `pack_tokens` tokens (in order, so accumulators see the prompts in the same order as one prompt per forward).
+void AddPasses(Pass::Kind kind, int32_t model, int32_t intervention, int32_t control,
+               const std::vector<std::vector<int32_t>>& prompts, int64_t pack_tokens, std::vector<Pass>* passes) {
+  const int32_t n = static_cast<int32_t>(prompts.size());
+  for (int32_t first = 0; first < n;) {
+    int32_t count = 1;
+    int64_t tokens = static_cast<int64_t>(prompts[first].size());
+    while (first + count < n && tokens + static_cast<int64_t>(prompts[first + count].size()) <= pack_tokens)
+      tokens += static_cast<int64_t>(prompts[first + count++].size());
+    passes->push_back(Pass{kind, model, intervention, control, first, count});
+    first += count;
+  }
 }
 
 }  // namespace
@@ -145,14 +153,15 @@ absl::StatusOr<Plan> BuildPlan(JobSpec spec, std::vector<ModelHandle> models, co
   for (size_t m = 0; m < plan.models.size(); ++m) {
     const ModelPlan& mp = plan.models[m];
     const int32_t mi = static_cast<int32_t>(m);
-    AddPasses(Pass::Kind::kBaseline, mi, -1, -1, mp.prompts.size(), &plan.passes);
+    const int64_t budget = limits.pack_tokens;
+    AddPasses(Pass::Kind::kBaseline, mi, -1, -1, mp.prompts, budget, &plan.passes);
     for (size_t j = 0; j < num_iv; ++j) {
       const int32_t ji = static_cast<int32_t>(j);
-      AddPasses(Pass::Kind::kIdentify, mi, ji, -1, mp.identify_prompts[j].size(), &plan.passes);
-      AddPasses(Pass::Kind::kCondition, mi, ji, -1, mp.prompts.size(), &plan.passes);
+      AddPasses(Pass::Kind::kIdentify, mi, ji, -1, mp.identify_prompts[j], budget, &plan.passes);
+      AddPasses(Pass::Kind::kCondition, mi, ji, -1, mp.prompts, budget, &plan.passes);
       if (const auto* q = std::get_if<QkMassiveDisruption>(&ppl->interventions[j].kind))
         for (size_t c = 0; c < q->control_seeds.size(); ++c)
-          AddPasses(Pass::Kind::kCondition, mi, ji, static_cast<int32_t>(c), mp.prompts.size(), &plan.passes);
+          AddPasses(Pass::Kind::kCondition, mi, ji, static_cast<int32_t>(c), mp.prompts, budget, &plan.passes);
     }
   }
 

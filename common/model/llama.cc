@@ -36,6 +36,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/model/llama.h"
 #include "common/util/status_macros.h"
@@ -399,6 +400,18 @@ absl::StatusOr<std::shared_ptr<LlamaModel>> LlamaModel::FromWeights(const LlamaC
   return m;
 }
 
+namespace {
+
+// Bytes of the weights a config implies in the load dtype (0 when the config cannot be read).
+int64_t NeededBytes(const std::string& model_dir, const LoadOptions& opts) {
+  absl::StatusOr<LlamaConfig> cfg = LoadLlamaConfig(model_dir);
+  absl::StatusOr<at::ScalarType> dtype = ParseDtype(opts.dtype);
+  if (!cfg.ok() || !dtype.ok()) return 0;
+  return cfg->num_parameters() * static_cast<int64_t>(c10::elementSize(*dtype));
+}
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<LlamaModel>> LlamaModel::Load(const std::string& model_dir, const LoadOptions& opts) {
   try {
     ASSIGN_OR_RETURN(LlamaConfig cfg, LoadLlamaConfig(model_dir));
@@ -426,6 +439,12 @@ absl::StatusOr<std::shared_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
     m->digest_ = std::move(lw.digest);
     m->notes_ = std::move(lw.notes);
     return m;
+  } catch (const c10::OutOfMemoryError& e) {
+    // The weights do not fit on the device: say how much they need, so the operator can place the model elsewhere.
+    const double gib = static_cast<double>(NeededBytes(model_dir, opts)) / (1 << 30);
+    return absl::ResourceExhaustedError(absl::StrCat("loading ", model_dir, ": the weights (", absl::StrFormat("%.1f", gib),
+                                                     " GiB in ", opts.dtype, ") do not fit on ", opts.device, ": ",
+                                                     e.what_without_backtrace()));
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("loading ", model_dir, " failed in LibTorch: ", e.what_without_backtrace()));
   } catch (const std::exception& e) {

@@ -15,6 +15,8 @@
   } while (0)
 
 // ASSIGN_OR_RETURN(lhs, expr): evaluates an absl::StatusOr<T>; on error returns its status, else assigns the value.
+// lhs may declare a variable (`ASSIGN_OR_RETURN(const auto x, F())`), so the macro is several statements: give it
+// braces as the body of an if / for / case.
 #define ASSIGN_OR_RETURN(lhs, expr) \
   ASSIGN_OR_RETURN_IMPL_(SINKSCOPE_CONCAT_(_sinkscope_statusor_, __LINE__), lhs, expr)
 #define ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \

@@ -27,12 +27,19 @@ std::vector<job::AnalysisSpec> AllObservers() {
   return {job::SinkRateSpec{}, job::MassiveValuesSpec{}, job::ResidualStatsSpec{}, me, as, job::PerplexitySpec{}};
 }
 
+// One prompt per forward: the tests that count forwards and cancellation checks describe that plan.
+job::RunLimits Unpacked() {
+  job::RunLimits l;
+  l.pack_tokens = 0;
+  return l;
+}
+
 std::vector<job::ModelHandle> Pair() { return {RandomModel(true, 21, -1, "rope"), RandomModel(false, 22, -1, "nope")}; }
 
 TEST(Runner, OneForwardPerModelAndPromptServesEveryObserver) {
   auto models = Pair();
   RecordingSink sink;
-  auto r = job::RunJob(Spec({"rope", "nope"}, Prompts(), AllObservers()), models, job::RunLimits{}, &sink, NoCancel());
+  auto r = job::RunJob(Spec({"rope", "nope"}, Prompts(), AllObservers()), models, Unpacked(), &sink, NoCancel());
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_EQ(r->models.size(), 2u);
   for (const auto& m : r->models) {
@@ -64,7 +71,7 @@ TEST(Runner, InterventionsAddOnlyTheirPasses) {
   ppl.interventions = {{"", job::BosMlpAblation{}}, {"", qk}, {"qk2", qk_id}};
   auto spec = Spec({"rope", "nope"}, Prompts(), {job::SinkRateSpec{}, job::ResidualStatsSpec{}, ppl});
   RecordingSink sink;
-  auto r = job::RunJob(spec, models, job::RunLimits{}, &sink, NoCancel());
+  auto r = job::RunJob(spec, models, Unpacked(), &sink, NoCancel());
   ASSERT_TRUE(r.ok()) << r.status();
   // baseline 3 + BOS-MLP 3 + qk 3 + 2 controls × 3 + identify 2 + qk2 3 = 20 per model.
   for (const auto& m : r->models) EXPECT_EQ(m.num_forward_passes, 20) << m.model;
@@ -134,7 +141,7 @@ TEST(Runner, LayerResultsStreamDuringTheLastPromptsForward) {
     ++checks;
     return absl::OkStatus();
   };
-  auto r = job::RunJob(Spec({m.name}, Prompts(), {job::SinkRateSpec{}}), {m}, job::RunLimits{}, &sink, cancel);
+  auto r = job::RunJob(Spec({m.name}, Prompts(), {job::SinkRateSpec{}}), {m}, Unpacked(), &sink, cancel);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(at_emit, (std::vector<int>{2 * 4 + 1, 2 * 4 + 2, 2 * 4 + 3}));
   EXPECT_EQ(checks, 3 * 4);
@@ -143,7 +150,7 @@ TEST(Runner, LayerResultsStreamDuringTheLastPromptsForward) {
   checks = 0;
   job::ResidualStatsSpec rs;
   rs.final_norm_last_layer = true;
-  auto r2 = job::RunJob(Spec({m.name}, Prompts(), {rs}), {m}, job::RunLimits{}, &sink, cancel);
+  auto r2 = job::RunJob(Spec({m.name}, Prompts(), {rs}), {m}, Unpacked(), &sink, cancel);
   ASSERT_TRUE(r2.ok()) << r2.status();
   EXPECT_EQ(at_emit, (std::vector<int>{2 * 4 + 1, 2 * 4 + 2, 3 * 4}));
 }
@@ -157,7 +164,7 @@ TEST(Runner, CancellationBetweenLayersStopsTheJob) {
       return absl::OkStatus();
     };
     RecordingSink sink;
-    auto r = job::RunJob(Spec({"rope", "nope"}, Prompts(), AllObservers()), models, job::RunLimits{}, &sink, cancel);
+    auto r = job::RunJob(Spec({"rope", "nope"}, Prompts(), AllObservers()), models, Unpacked(), &sink, cancel);
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.status().code(), code);
     EXPECT_EQ(r.status().message(), "stop requested");
@@ -221,7 +228,7 @@ TEST(Runner, ComparisonTableHasTheStudysShapes) {
   EXPECT_EQ(r->seed, 42u);
   for (const auto& m : r->models) {
     EXPECT_EQ(m.dtype, "float32");
-    EXPECT_EQ(m.device, "cpu");
+    EXPECT_EQ(m.device, TestDevice() == "cuda" ? "cuda:0" : TestDevice());
   }
   EXPECT_GT(r->elapsed_seconds, 0);
   EXPECT_EQ(r->perplexity.size(), 6u);  // 3 conditions × 2 models

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 
 #include "common/analysis/matrix_entropy.h"
@@ -48,7 +49,13 @@ model::LlamaWeights Blank(const model::LlamaConfig& c, Rng& rng) {
   return w;
 }
 
+// Builds the model on TestDevice(): the hand-built weights are made on the CPU, then moved.
 job::ModelHandle Wrap(const model::LlamaConfig& c, model::LlamaWeights w, const std::string& name) {
+  if (TestDevice() != "cpu") {
+    const at::Device dev(TestDevice());
+    model::ForEachTensor(w, [&](const std::string&, at::Tensor& t) { t = t.to(dev); });
+    if (c.tie_word_embeddings) w.lm_head = w.embed_tokens;
+  }
   auto m = model::LlamaModel::FromWeights(c, std::move(w), name);
   EXPECT_TRUE(m.ok()) << m.status();
   if (!m.ok()) return {};
@@ -160,8 +167,8 @@ job::ModelHandle OrthogonalEmbeddingModel(bool bos_write, const std::string& nam
 }
 
 job::ModelHandle RandomModel(bool rope, uint64_t seed, int64_t zero_mlp_layer, const std::string& name, int64_t layers,
-                             int64_t vocab) {
-  const model::LlamaConfig c = TinyConfig(rope, layers, /*heads=*/2, /*head_dim=*/8, /*kv_heads=*/2, vocab, 32);
+                             int64_t vocab, int64_t heads, int64_t kv_heads) {
+  const model::LlamaConfig c = TinyConfig(rope, layers, heads, /*head_dim=*/8, kv_heads, vocab, 32);
   Rng rng(seed);
   model::LlamaWeights w = Blank(c, rng);
   const int64_t d = c.hidden_size, I = c.intermediate_size;
@@ -171,7 +178,7 @@ job::ModelHandle RandomModel(bool rope, uint64_t seed, int64_t zero_mlp_layer, c
     L.input_layernorm = 1.0 + rng.randn({d}, 0.1);
     L.post_attention_layernorm = 1.0 + rng.randn({d}, 0.1);
     L.q_proj = rng.randn({d, d}, 2.0 * s);
-    L.k_proj = rng.randn({d, d}, 2.0 * s);
+    L.k_proj = rng.randn({kv_heads * c.head_dim, d}, 2.0 * s);
     L.o_proj = rng.randn({d, d}, s);
     L.down_proj =
         l == zero_mlp_layer ? at::zeros({d, I}, F32()) : rng.randn({d, I}, 1.0 / std::sqrt(static_cast<double>(I)));
@@ -181,16 +188,8 @@ job::ModelHandle RandomModel(bool rope, uint64_t seed, int64_t zero_mlp_layer, c
 
 job::ModelHandle ToBfloat16(const job::ModelHandle& h, const std::string& name) {
   model::LlamaWeights w = h.model->weights();
-  auto cast = [](at::Tensor& t) {
-    if (t.defined()) t = t.to(at::kBFloat16);
-  };
-  cast(w.embed_tokens);
-  cast(w.norm);
-  cast(w.lm_head);
-  for (auto& L : w.layers)
-    for (at::Tensor* t : {&L.input_layernorm, &L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.q_norm, &L.k_norm,
-                          &L.post_attention_layernorm, &L.gate_proj, &L.up_proj, &L.down_proj})
-      cast(*t);
+  model::ForEachTensor(w, [](const std::string&, at::Tensor& t) { t = t.to(at::kBFloat16); });
+  if (h.model->config().tie_word_embeddings) w.lm_head = w.embed_tokens;
   return Wrap(h.model->config(), std::move(w), name);
 }
 
@@ -204,8 +203,18 @@ Reductions Reduce(const std::vector<std::vector<float>>& rows) {
   return {e.entropy, e.anisotropy, e.normalized, b.bos_norm, b.mean_other_norm, b.ratio};
 }
 
+const std::string& TestDevice() {
+  static const std::string device = [] {
+    const char* d = std::getenv("SINKSCOPE_TEST_DEVICE");
+    return std::string(d != nullptr && *d != '\0' ? d : "cpu");
+  }();
+  return device;
+}
+
 job::ModelHandle LoadHandle(const std::string& dir, const std::string& name) {
-  auto m = model::LlamaModel::Load(dir, model::LoadOptions{});
+  model::LoadOptions lo;
+  lo.device = TestDevice();
+  auto m = model::LlamaModel::Load(dir, lo);
   EXPECT_TRUE(m.ok()) << m.status();
   job::ModelHandle h{name, m.ok() ? *m : nullptr, nullptr};
   if (std::filesystem::exists(dir + "/tokenizer.model")) {

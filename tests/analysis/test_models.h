@@ -35,11 +35,12 @@ job::ModelHandle PlantedMassiveModel(const std::string& name = "planted");
 // Embedding rows: token 1 = 1·e₀, token 2 = 2·e₁, token 3 = 3·e₂ (others random): the Gram matrix of
 // ids [1,2,3] is diag(1,4,9). `bos_write`: layer 1's MLP adds 100·e₃ and layer 2's adds 1·e₃ to BOS only
 // (3 layers), so the BOS norm jumps at layer 1 (argmax_jump = 1) while the ratio keeps rising to layer 2
-// (argmax_ratio = 2): seed-spec §4.5's asymmetry.
+// (argmax_ratio = 2): the asymmetry of docs/study.md §6.5.
 job::ModelHandle OrthogonalEmbeddingModel(bool bos_write, const std::string& name = "orthogonal");
-// Random N(0, 1/fan_in) weights (all parts active) with down_proj of `zero_mlp_layer` set to 0 (-1: none).
+// Random N(0, 1/fan_in) weights (all parts active) with down_proj of `zero_mlp_layer` set to 0 (-1: none); head_dim
+// 8, MHA unless kv_heads < heads (GQA).
 job::ModelHandle RandomModel(bool rope, uint64_t seed, int64_t zero_mlp_layer = -1, const std::string& name = "random",
-                             int64_t layers = 3, int64_t vocab = 64);
+                             int64_t layers = 3, int64_t vocab = 64, int64_t heads = 2, int64_t kv_heads = 2);
 
 // The same model with every weight cast to bfloat16 (compute dtype bf16).
 job::ModelHandle ToBfloat16(const job::ModelHandle& h, const std::string& name);
@@ -49,6 +50,9 @@ struct Reductions {
   double entropy, anisotropy, normalized, bos_norm, mean_other_norm, ratio;
 };
 Reductions Reduce(const std::vector<std::vector<float>>& rows);
+
+// The device models are built on: $SINKSCOPE_TEST_DEVICE ("cuda", ...), default "cpu" (deploy/gpu-check.sh).
+const std::string& TestDevice();
 
 // Loads a checkpoint directory (config.json + safetensors [+ tokenizer.model]) as a handle.
 job::ModelHandle LoadHandle(const std::string& dir, const std::string& name);

@@ -133,8 +133,16 @@ void WriteFile(const std::string& path, const std::string& bytes) {
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
+const std::string& TestDevice() {
+  static const std::string device = [] {
+    const char* d = std::getenv("SINKSCOPE_TEST_DEVICE");
+    return std::string(d != nullptr && *d != '\0' ? d : "cpu");
+  }();
+  return device;
+}
+
 double RelErr(const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor x = a.to(at::kDouble), y = b.to(at::kDouble);
+  at::Tensor x = a.to(at::kCPU, at::kDouble), y = b.to(at::kCPU, at::kDouble);
   double den = std::max(y.abs().max().item<double>(), 1e-30);
   return (x - y).abs().max().item<double>() / den;
 }

@@ -38,7 +38,11 @@ std::string CopyDir(const std::string& src, const std::string& dst);
 std::string ReadFile(const std::string& path);
 void WriteFile(const std::string& path, const std::string& bytes);
 
-// max|a - b| / max(max|b|, 1e-30); a and b are compared in float64.
+// The device the engine tests run models on: $SINKSCOPE_TEST_DEVICE ("cuda", "cuda:1", ...), default "cpu".
+// deploy/gpu-check.sh runs engine_tests and analysis_tests with it set on a GPU node.
+const std::string& TestDevice();
+
+// max|a - b| / max(max|b|, 1e-30); a and b are compared in float64 on the CPU (either may live on a GPU).
 double RelErr(const at::Tensor& a, const at::Tensor& b);
 
 }  // namespace sinkscope::testing

@@ -27,6 +27,7 @@ at::Tensor Ids(const std::vector<int64_t>& v) { return at::tensor(v, at::TensorO
 std::shared_ptr<LlamaModel> LoadOrDie(const std::string& variant, const std::string& dtype = "float32") {
   LoadOptions o;
   o.dtype = dtype;
+  o.device = testing::TestDevice();
   auto m = LlamaModel::Load(FixtureDir() + "/" + variant, o);
   EXPECT_TRUE(m.ok()) << m.status();
   return m.ok() ? *m : nullptr;

@@ -60,7 +60,9 @@ class PackingTest : public ::testing::TestWithParam<const char*> {
   static void SetUpTestSuite() { SetComputeThreads(2); }
   void SetUp() override {
     ASSERT_FALSE(FixtureDir().empty()) << testing::FixtureError();
-    auto m = LlamaModel::Load(FixtureDir() + "/" + GetParam(), LoadOptions{});
+    LoadOptions lo;
+    lo.device = testing::TestDevice();
+    auto m = LlamaModel::Load(FixtureDir() + "/" + GetParam(), lo);
     ASSERT_TRUE(m.ok()) << m.status();
     model_ = *m;
   }
@@ -160,7 +162,9 @@ INSTANTIATE_TEST_SUITE_P(Variants, PackingTest, ::testing::Values("rope_mha", "r
 
 TEST(PackingErrors, BadSegmentsAreRejected) {
   ASSERT_FALSE(FixtureDir().empty()) << testing::FixtureError();
-  auto m = LlamaModel::Load(FixtureDir() + "/rope_mha", LoadOptions{});
+  LoadOptions lo;
+  lo.device = testing::TestDevice();
+  auto m = LlamaModel::Load(FixtureDir() + "/rope_mha", lo);
   ASSERT_TRUE(m.ok()) << m.status();
   const at::Tensor ids = Ids({1, 2, 3, 4, 5, 6});
   struct Case {
