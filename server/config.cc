@@ -3,11 +3,11 @@
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/util/file.h"
+#include "common/util/status_macros.h"
 
 namespace sinkscope::server {
 namespace fs = std::filesystem;
@@ -26,14 +26,15 @@ absl::Status CheckKeys(const YAML::Node& n, const std::string& where, const std:
   return absl::OkStatus();
 }
 
-absl::StatusOr<int32_t> PositiveInt(const YAML::Node& n, const std::string& where) {
+// An integer in [min, 2^30].
+absl::StatusOr<int32_t> PositiveInt(const YAML::Node& n, const std::string& where, int64_t min = 1) {
   int64_t v;
   try {
     v = n.as<int64_t>();
   } catch (const YAML::Exception&) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": expected an integer"));
   }
-  if (v <= 0 || v > (1 << 30)) return absl::InvalidArgumentError(absl::StrCat(where, ": ", v, " out of range"));
+  if (v < min || v > (1 << 30)) return absl::InvalidArgumentError(absl::StrCat(where, ": ", v, " out of range"));
   return static_cast<int32_t>(v);
 }
 
@@ -47,7 +48,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, con
     return absl::InvalidArgumentError(absl::StrCat("config: YAML parse error: ", e.what()));
   }
   if (!root.IsMap()) return absl::InvalidArgumentError("config: top level must be a mapping");
-  if (auto s = CheckKeys(root, "config", {"models", "datasets_dir", "limits"}); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckKeys(root, "config", {"models", "datasets_dir", "limits"}));
   ServerConfig cfg;
   const YAML::Node models = root["models"];
   if (!models || !models.IsSequence() || models.size() == 0)
@@ -58,7 +59,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, con
       const std::string where = absl::StrCat("models[", i, "]");
       const YAML::Node m = models[i];
       if (!m.IsMap()) return absl::InvalidArgumentError(absl::StrCat(where, ": must be a mapping"));
-      if (auto s = CheckKeys(m, where, {"name", "path", "dtype", "device", "description"}); !s.ok()) return s;
+      RETURN_IF_ERROR(CheckKeys(m, where, {"name", "path", "dtype", "device", "digest", "description"}));
       ModelConfig mc;
       if (!m["name"] || !m["path"])
         return absl::InvalidArgumentError(absl::StrCat(where, ": 'name' and 'path' are required"));
@@ -75,29 +76,32 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, con
       if (m["device"]) mc.device = m["device"].as<std::string>();
       if (mc.device != "cpu" && mc.device.rfind("cuda", 0) != 0)
         return absl::InvalidArgumentError(absl::StrCat(where, ".device: '", mc.device, "' (expected cpu or cuda[:N])"));
+      if (m["digest"]) {
+        try {
+          mc.digest = m["digest"].as<bool>();
+        } catch (const YAML::Exception&) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ".digest: expected true or false"));
+        }
+      }
       if (m["description"]) mc.description = m["description"].as<std::string>();
       cfg.models.push_back(std::move(mc));
     }
     if (root["datasets_dir"]) cfg.datasets_dir = Resolve(root["datasets_dir"].as<std::string>(), base_dir);
+    cfg.limits.data_dir = cfg.datasets_dir;
     if (const YAML::Node l = root["limits"]) {
       if (!l.IsMap()) return absl::InvalidArgumentError("limits: must be a mapping");
-      if (auto s = CheckKeys(l, "limits", {"max_tokens_per_prompt", "max_prompts_per_job", "max_queued_jobs"});
-          !s.ok())
-        return s;
-      if (l["max_tokens_per_prompt"]) {
-        auto v = PositiveInt(l["max_tokens_per_prompt"], "limits.max_tokens_per_prompt");
-        if (!v.ok()) return v.status();
-        cfg.max_tokens_per_prompt = *v;
+      RETURN_IF_ERROR(
+          CheckKeys(l, "limits", {"max_tokens_per_prompt", "max_prompts_per_job", "max_queued_jobs", "pack_tokens"}));
+      for (auto [key, field] : {std::pair{"max_tokens_per_prompt", &cfg.limits.max_tokens_per_prompt},
+                                std::pair{"max_prompts_per_job", &cfg.limits.max_prompts},
+                                std::pair{"max_queued_jobs", &cfg.max_queued_jobs}}) {
+        if (l[key]) {
+          ASSIGN_OR_RETURN(*field, PositiveInt(l[key], absl::StrCat("limits.", key)));
+        }
       }
-      if (l["max_prompts_per_job"]) {
-        auto v = PositiveInt(l["max_prompts_per_job"], "limits.max_prompts_per_job");
-        if (!v.ok()) return v.status();
-        cfg.max_prompts_per_job = *v;
-      }
-      if (l["max_queued_jobs"]) {
-        auto v = PositiveInt(l["max_queued_jobs"], "limits.max_queued_jobs");
-        if (!v.ok()) return v.status();
-        cfg.max_queued_jobs = *v;
+      // 0 is allowed: one prompt per forward.
+      if (l["pack_tokens"]) {
+        ASSIGN_OR_RETURN(cfg.limits.pack_tokens, PositiveInt(l["pack_tokens"], "limits.pack_tokens", /*min=*/0));
       }
     }
   } catch (const YAML::Exception& e) {
@@ -107,11 +111,8 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, con
 }
 
 absl::StatusOr<ServerConfig> LoadServerConfig(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("config file not found: ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ParseServerConfig(ss.str(), fs::absolute(fs::path(path)).parent_path().string());
+  ASSIGN_OR_RETURN(const std::string text, util::ReadFile(path));
+  return ParseServerConfig(text, fs::absolute(fs::path(path)).parent_path().string());
 }
 
 }  // namespace sinkscope::server

@@ -11,26 +11,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/job/validate.h"
+#include "common/util/status_macros.h"
 #include "server/convert.h"
+#include "server/job_state.h"
 
 namespace sinkscope::server {
 namespace v1 = sinkscope::v1;
 using google::protobuf::util::TimeUtil;
-using Clock = std::chrono::steady_clock;
-
-struct JobManager::Record {
-  v1::Job job;
-  job::JobSpec spec;
-  std::vector<v1::JobEvent> events;
-  std::vector<std::function<void()>> waiters;
-  std::atomic<bool> cancel{false};
-  Clock::time_point deadline = Clock::time_point::max();
-  uint64_t submit_seq = 0;
-  bool terminal() const {
-    return job.state() == v1::JOB_STATE_SUCCEEDED || job.state() == v1::JOB_STATE_FAILED ||
-           job.state() == v1::JOB_STATE_CANCELLED;
-  }
-};
 
 namespace {
 
@@ -41,384 +29,196 @@ std::string NewJobId() {
   return absl::StrFormat("j-%016x", rng());
 }
 
-v1::JobError ErrorOf(const absl::Status& st) {
-  v1::JobError e;
-  e.set_code(static_cast<int>(st.code()));
-  e.set_message(std::string(st.message()));
-  return e;
+// Bookkeeping after the engine has run cannot fail the job any more; a failure there is a server bug, logged.
+void LogIfError(const std::string& id, const absl::Status& st) {
+  if (!st.ok()) spdlog::error("job {}: {}", id, st.ToString());
 }
 
-// Forwards engine events into the job's log. Runs on the worker thread.
-class Sink : public job::EventSink {
- public:
-  using AppendFn = std::function<void(v1::JobEvent)>;
-  explicit Sink(AppendFn append) : append_(std::move(append)) {}
-  void OnStarted(const job::Started& s) override {
-    v1::JobEvent ev;
-    ev.mutable_started()->set_planned_passes(s.planned_passes);
-    ev.mutable_started()->set_num_prompts(s.num_prompts);
-    append_(std::move(ev));
-  }
-  void OnProgress(const job::Progress& p) override {
-    v1::JobEvent ev;
-    ToProto(p, ev.mutable_progress());
-    append_(std::move(ev));
-  }
-  void OnLayer(const job::LayerResult& r) override {
-    v1::JobEvent ev;
-    ToProto(r, ev.mutable_layer());
-    append_(std::move(ev));
-  }
-  void OnPerplexity(const job::PerplexityResult& r) override {
-    v1::JobEvent ev;
-    ToProto(r, ev.mutable_perplexity());
-    append_(std::move(ev));
-  }
-  void OnSummary(const job::Summary& s) override {
-    v1::JobEvent ev;
-    ToProto(s, ev.mutable_summary());
-    append_(std::move(ev));
-  }
-
- private:
-  AppendFn append_;
-};
+double Seconds(const google::protobuf::Timestamp& from, const google::protobuf::Timestamp& to) {
+  return 1e-9 * static_cast<double>(TimeUtil::TimestampToNanoseconds(to) - TimeUtil::TimestampToNanoseconds(from));
+}
 
 }  // namespace
 
-JobManager::JobManager(Options opts, const Registry* registry) : opts_(std::move(opts)), registry_(registry) {}
+JobManager::JobManager(Options opts, const Registry* registry, std::unique_ptr<JobStore> store)
+    : opts_(std::move(opts)),
+      registry_(registry),
+      store_(store ? std::move(store) : std::make_unique<InMemoryJobStore>()),
+      scheduler_(
+          opts_.max_queued_jobs, [this](const Scheduler::Ticket& t, const job::CancelCheck& c) { return Run(t, c); },
+          [this](const std::string& id, v1::JobState to, const absl::Status& why) { OnState(id, to, why); }) {}
 
 JobManager::~JobManager() { Shutdown(); }
 
-void JobManager::Start() { worker_ = std::thread([this] { WorkerLoop(); }); }
-
-void JobManager::Shutdown() {
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    if (stopping_ && !worker_.joinable()) return;
-    stopping_ = true;
-    for (auto& rec : queue_) Finish(*rec, v1::JOB_STATE_CANCELLED, absl::CancelledError("server shutting down"));
-    queue_.clear();
-    if (running_) running_->cancel = true;
-  }
-  FlushNotify();
-  cv_.notify_all();
-  if (worker_.joinable()) worker_.join();
-}
-
-int32_t JobManager::QueuePosition(const Record& rec) const {
-  int32_t pos = 0;
-  for (const auto& r : queue_) {
-    if (r.get() == &rec) continue;
-    const bool ahead = r->job.spec().priority() > rec.job.spec().priority() ||
-                       (r->job.spec().priority() == rec.job.spec().priority() && r->submit_seq < rec.submit_seq);
-    pos += ahead;
-  }
-  return pos;
-}
-
-void JobManager::Append(Record& rec, v1::JobEvent ev) {
-  ev.set_job_id(rec.job.id());
-  ev.set_seq(rec.events.size());
-  *ev.mutable_time() = TimeUtil::GetCurrentTime();
-  rec.events.push_back(std::move(ev));
-  rec.job.set_num_events(rec.events.size());
-  if (opts_.metrics) opts_.metrics->SetQueue(static_cast<int>(queue_.size()), running_ ? 1 : 0);
-  // Waiters (StreamJob reactors) call back into NextEvent, so they run after mu_ is released: FlushNotify().
-  for (auto& w : rec.waiters) to_notify_.push_back(std::move(w));
-  rec.waiters.clear();
-}
-
-void JobManager::FlushNotify() {
-  std::vector<std::function<void()>> fns;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    fns.swap(to_notify_);
-  }
-  for (auto& f : fns) f();
-}
-
-void JobManager::Finish(Record& rec, v1::JobState state, const absl::Status& st) {
-  if (rec.terminal()) return;
-  rec.job.set_state(state);
-  rec.job.set_queue_position(-1);
-  *rec.job.mutable_finished_at() = TimeUtil::GetCurrentTime();
-  if (!st.ok()) *rec.job.mutable_error() = ErrorOf(st);
-  if (state == v1::JOB_STATE_SUCCEEDED) rec.job.set_progress(1.0);
-  if (opts_.metrics) {
-    using google::protobuf::util::TimeUtil;
-    const auto ns = [](const google::protobuf::Timestamp& t) { return TimeUtil::TimestampToNanoseconds(t); };
-    const bool started = rec.job.has_started_at();
-    const double queue_s = 1e-9 * static_cast<double>((started ? ns(rec.job.started_at()) : ns(rec.job.finished_at())) -
-                                                      ns(rec.job.submitted_at()));
-    const double run_s = started ? 1e-9 * static_cast<double>(ns(rec.job.finished_at()) - ns(rec.job.started_at())) : 0;
-    opts_.metrics->JobFinished(state == v1::JOB_STATE_SUCCEEDED ? "succeeded"
-                               : state == v1::JOB_STATE_FAILED  ? "failed"
-                                                                : "cancelled",
-                               run_s, queue_s);
-    for (const auto& m : rec.job.summary().models()) opts_.metrics->TokensProcessed(m.model(), m.num_tokens());
-  }
-  v1::JobEvent ev;
-  ev.mutable_finished()->set_state(state);
-  if (!st.ok()) *ev.mutable_finished()->mutable_error() = ErrorOf(st);
-  Append(rec, std::move(ev));
-  Forget();
-}
-
-void JobManager::Forget() {
-  int32_t finished = 0;
-  for (const auto& id : order_) finished += jobs_.count(id) && jobs_.at(id)->terminal();
-  while (finished > opts_.max_finished_jobs) {
-    auto it = std::find_if(order_.begin(), order_.end(),
-                           [&](const std::string& id) { return jobs_.count(id) && jobs_.at(id)->terminal(); });
-    if (it == order_.end()) break;
-    jobs_.erase(*it);
-    order_.erase(it);
-    --finished;
-  }
-}
+void JobManager::Shutdown() { scheduler_.Shutdown(); }
 
 absl::StatusOr<v1::SubmitJobResponse> JobManager::Submit(const v1::SubmitJobRequest& req,
                                                           const std::string& principal) {
-  absl::StatusOr<job::JobSpec> spec = FromProto(req.spec());
-  if (!spec.ok()) return spec.status();
+  ASSIGN_OR_RETURN(job::JobSpec spec, FromProto(req.spec()));
+  ASSIGN_OR_RETURN(const ServerFields server, ServerFieldsFromProto(req.spec()));
+  // Name rules before the lookup, so that an empty or repeated name is reported as such, not as an unknown model.
+  RETURN_IF_ERROR(job::ValidateModelNames(spec.models));
   std::vector<job::ModelHandle> handles;
-  for (const auto& name : spec->models) {
-    absl::StatusOr<job::ModelHandle> h = registry_->Handle(name);
-    if (!h.ok()) return h.status();
-    handles.push_back(*std::move(h));
+  for (const auto& name : spec.models) {
+    ASSIGN_OR_RETURN(job::ModelHandle h, registry_->Handle(name));
+    handles.push_back(std::move(h));
   }
-  // Semantic validation against the models (hooks, layers, vocab, limits) happens before queueing so a bad job
-  // never occupies the queue.
-  if (absl::Status st = job::ValidateJob(*spec, handles, opts_.limits); !st.ok()) return st;
+  // Validated and planned once, here: a bad job never takes a queue slot, and the worker runs exactly this plan.
+  ASSIGN_OR_RETURN(job::Plan built, job::BuildPlan(std::move(spec), std::move(handles), opts_.limits));
+  auto plan = std::make_shared<const job::Plan>(std::move(built));
 
-  std::lock_guard<std::mutex> l(mu_);
-  if (stopping_) return absl::UnavailableError("server is shutting down");
-  const std::string idem = req.idempotency_key().empty() ? "" : absl::StrCat(principal, "\x1f", req.idempotency_key());
-  if (!idem.empty()) {
-    auto it = idempotency_.find(idem);
-    if (it != idempotency_.end() && jobs_.count(it->second)) {
-      const auto& rec = jobs_.at(it->second);
-      v1::SubmitJobResponse resp;
-      resp.set_job_id(rec->job.id());
-      resp.set_queue_position(rec->job.state() == v1::JOB_STATE_QUEUED ? QueuePosition(*rec) : -1);
-      return resp;
+  const std::string& key = req.idempotency_key();
+  if (!key.empty()) {
+    if (absl::StatusOr<std::string> prior = store_->FindByKey(principal, key); prior.ok()) return Existing(*prior);
+  }
+  ASSIGN_OR_RETURN(const v1::ModelInfo first_model, registry_->Get(plan->spec.models[0]));
+  Scheduler::Ticket ticket;
+  ticket.id = NewJobId();
+  ticket.device = first_model.device();
+  ticket.priority = server.priority;
+  if (server.deadline_seconds > 0)
+    ticket.deadline = Scheduler::Clock::now() + std::chrono::duration_cast<Scheduler::Clock::duration>(
+                                                    std::chrono::duration<double>(server.deadline_seconds));
+  ticket.plan = plan;
+  const std::string id = ticket.id;
+
+  JobRecord rec;
+  rec.owner = principal;
+  rec.idempotency_key = key;
+  rec.job.set_id(id);
+  *rec.job.mutable_spec() = ToProto(plan->spec, server);
+  rec.job.set_state(v1::JOB_STATE_QUEUED);
+  *rec.job.mutable_submitted_at() = TimeUtil::GetCurrentTime();
+  rec.job.set_submitted_by(principal);
+  absl::StatusOr<int32_t> position = scheduler_.Enqueue(std::move(ticket), [&](int32_t pos) -> absl::Status {
+    rec.job.set_queue_position(pos);
+    RETURN_IF_ERROR(store_->Put(std::move(rec)).status());
+    events_.Open(id);
+    v1::JobEvent accepted;
+    accepted.mutable_accepted()->set_queue_position(pos);
+    return events_.Append(id, std::move(accepted)).status();  // seq 0: the worker cannot take the job yet
+  });
+  if (!position.ok()) {
+    // A concurrent retry with the same key got in first: answer as a later retry would.
+    if (position.status().code() == absl::StatusCode::kAlreadyExists && !key.empty()) {
+      if (absl::StatusOr<std::string> prior = store_->FindByKey(principal, key); prior.ok()) return Existing(*prior);
     }
+    return position.status();
   }
-  if (static_cast<int32_t>(queue_.size()) >= opts_.max_queued_jobs)
-    return absl::ResourceExhaustedError(
-        absl::StrCat("queue full (", queue_.size(), " jobs waiting, limit ", opts_.max_queued_jobs, ")"));
-
-  auto rec = std::make_shared<Record>();
-  rec->spec = *std::move(spec);
-  rec->submit_seq = next_submit_++;
-  rec->job.set_id(NewJobId());
-  *rec->job.mutable_spec() = WithDefaults(req.spec());
-  rec->job.set_state(v1::JOB_STATE_QUEUED);
-  *rec->job.mutable_submitted_at() = TimeUtil::GetCurrentTime();
-  rec->job.set_submitted_by(principal);
-  if (req.spec().deadline_seconds() > 0)
-    rec->deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                       std::chrono::duration<double>(req.spec().deadline_seconds()));
-  queue_.push_back(rec);
-  jobs_[rec->job.id()] = rec;
-  order_.push_back(rec->job.id());
-  if (!idem.empty()) idempotency_[idem] = rec->job.id();
-  const int32_t pos = QueuePosition(*rec);
-  rec->job.set_queue_position(pos);
-  if (opts_.metrics) opts_.metrics->JobAccepted();
-  v1::JobEvent ev;
-  ev.mutable_accepted()->set_queue_position(pos);
-  Append(*rec, std::move(ev));
-  spdlog::info("job {} accepted from {}: models [{}], {} analyses, priority {}, queue position {}", rec->job.id(),
-               principal, absl::StrJoin(rec->spec.models, ","), rec->spec.analyses.size(),
-               req.spec().priority(), pos);
-  cv_.notify_all();
+  if (opts_.metrics) {
+    opts_.metrics->JobAccepted();
+    opts_.metrics->SetQueue(scheduler_.queued(), scheduler_.running());
+  }
+  spdlog::info("job {} accepted from {}: models [{}], {} analyses, priority {}, queue position {}", id, principal,
+               absl::StrJoin(plan->spec.models, ","), plan->spec.analyses.size(), server.priority, *position);
   v1::SubmitJobResponse resp;
-  resp.set_job_id(rec->job.id());
-  resp.set_queue_position(pos);
+  resp.set_job_id(id);
+  resp.set_queue_position(*position);
   return resp;
 }
 
+absl::StatusOr<v1::SubmitJobResponse> JobManager::Existing(const std::string& id) const {
+  ASSIGN_OR_RETURN(const v1::Job job, Get(id));
+  v1::SubmitJobResponse resp;
+  resp.set_job_id(job.id());
+  resp.set_queue_position(job.state() == v1::JOB_STATE_QUEUED ? job.queue_position() : -1);
+  return resp;
+}
+
+v1::Job JobManager::View(JobRecord r) const {
+  v1::Job job = std::move(r.job);
+  job.set_num_events(events_.size(job.id()));
+  // Only the scheduler knows the position now; a job its worker has just taken, not yet RUNNING, is next (0).
+  if (job.state() == v1::JOB_STATE_QUEUED) job.set_queue_position(std::max(0, scheduler_.QueuePosition(job.id())));
+  return job;
+}
+
 absl::StatusOr<v1::Job> JobManager::Get(const std::string& id) const {
-  std::lock_guard<std::mutex> l(mu_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown job '", id, "'"));
-  v1::Job j = it->second->job;
-  if (j.state() == v1::JOB_STATE_QUEUED) j.set_queue_position(QueuePosition(*it->second));
-  return j;
+  ASSIGN_OR_RETURN(JobRecord r, store_->Get(id));
+  return View(std::move(r));
 }
 
 absl::StatusOr<v1::ListJobsResponse> JobManager::List(const v1::ListJobsRequest& req) const {
   if (req.limit() < 0 || req.limit() > 1000)
     return absl::InvalidArgumentError(absl::StrCat("limit: ", req.limit(), " not in [0,1000]"));
-  const int32_t limit = req.limit() == 0 ? 50 : req.limit();
-  size_t start = 0;  // index from the newest
-  if (!req.page_token().empty() && !absl::SimpleAtoi(req.page_token(), &start))
+  JobQuery q;
+  q.limit = req.limit() == 0 ? 50 : req.limit();
+  if (!req.page_token().empty() && !absl::SimpleAtoi(req.page_token(), &q.offset))
     return absl::InvalidArgumentError(absl::StrCat("page_token: '", req.page_token(), "' is not a valid token"));
-  std::lock_guard<std::mutex> l(mu_);
+  for (int s : req.states()) q.states.push_back(static_cast<v1::JobState>(s));
+  JobPage page = store_->List(q);
   v1::ListJobsResponse resp;
-  size_t idx = 0;
-  for (auto it = order_.rbegin(); it != order_.rend(); ++it) {
-    auto jt = jobs_.find(*it);
-    if (jt == jobs_.end()) continue;
-    const auto& job = jt->second->job;
-    if (req.states_size() > 0 &&
-        std::find(req.states().begin(), req.states().end(), job.state()) == req.states().end())
-      continue;
-    if (idx++ < start) continue;
-    if (resp.jobs_size() == limit) {
-      resp.set_next_page_token(std::to_string(start + limit));
-      break;
-    }
-    *resp.add_jobs() = job;
-    if (job.state() == v1::JOB_STATE_QUEUED) resp.mutable_jobs()->rbegin()->set_queue_position(QueuePosition(*jt->second));
-  }
+  for (JobRecord& r : page.records) *resp.add_jobs() = View(std::move(r));
+  if (page.more) resp.set_next_page_token(std::to_string(q.offset + q.limit));
   return resp;
 }
 
 absl::StatusOr<v1::JobState> JobManager::Cancel(const std::string& id) {
-  absl::StatusOr<v1::JobState> r = CancelLocked(id);
-  FlushNotify();
-  return r;
-}
-
-absl::StatusOr<v1::JobState> JobManager::CancelLocked(const std::string& id) {
-  std::lock_guard<std::mutex> l(mu_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown job '", id, "'"));
-  auto& rec = it->second;
-  if (rec->terminal()) return rec->job.state();
-  if (rec->job.state() == v1::JOB_STATE_QUEUED) {
-    queue_.erase(std::remove(queue_.begin(), queue_.end(), rec), queue_.end());
-    Finish(*rec, v1::JOB_STATE_CANCELLED, absl::CancelledError("cancelled by client"));
-    return v1::JOB_STATE_CANCELLED;
-  }
-  rec->cancel = true;  // the worker stops at the next layer boundary and finishes it as CANCELLED
-  spdlog::info("job {}: cancel requested while running", id);
+  ASSIGN_OR_RETURN(const JobRecord r, store_->Get(id));
+  if (IsTerminal(r.job.state())) return r.job.state();
+  // NotFound here means the job is ending on its own right now; like a cancel that lands during a job's last
+  // layer, the answer is CANCELLED and the record gets whatever end the job really reached.
+  scheduler_.Cancel(id).IgnoreError();
   return v1::JOB_STATE_CANCELLED;
 }
 
-absl::StatusOr<JobManager::Poll> JobManager::NextEvent(const std::string& id, uint64_t seq, v1::JobEvent* out,
-                                                       std::function<void()> notify) {
-  std::lock_guard<std::mutex> l(mu_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("unknown job '", id, "'"));
-  auto& rec = *it->second;
-  if (seq < rec.events.size()) {
-    *out = rec.events[seq];
-    return Poll::kEvent;
+absl::Status JobManager::Run(const Scheduler::Ticket& t, const job::CancelCheck& cancel) {
+  JobEventSink sink([this, &t](v1::JobEvent ev) { Emit(t.id, std::move(ev)); });
+  try {
+    return job::Execute(*t.plan, &sink, cancel).status();
+  } catch (const std::exception& e) {  // an engine bug fails the job, not the server
+    return absl::InternalError(absl::StrCat("engine error: ", e.what()));
   }
-  if (rec.terminal()) return Poll::kEnd;
-  rec.waiters.push_back(std::move(notify));
-  return Poll::kWait;
 }
 
-void JobManager::SetPaused(bool paused) {
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    paused_ = paused;
-  }
-  cv_.notify_all();
-}
-
-bool JobManager::paused() const {
-  std::lock_guard<std::mutex> l(mu_);
-  return paused_;
-}
-
-int32_t JobManager::queued() const {
-  std::lock_guard<std::mutex> l(mu_);
-  return static_cast<int32_t>(queue_.size());
-}
-
-int32_t JobManager::running() const {
-  std::lock_guard<std::mutex> l(mu_);
-  return running_ ? 1 : 0;
-}
-
-void JobManager::WorkerLoop() {
-  for (;;) {
-    FlushNotify();
-    std::shared_ptr<Record> rec;
-    {
-      std::unique_lock<std::mutex> l(mu_);
-      cv_.wait(l, [&] { return stopping_ || (!paused_ && !queue_.empty()); });
-      if (stopping_) break;
-      auto best = std::min_element(queue_.begin(), queue_.end(), [](const auto& a, const auto& b) {
-        if (a->job.spec().priority() != b->job.spec().priority())
-          return a->job.spec().priority() > b->job.spec().priority();
-        return a->submit_seq < b->submit_seq;
-      });
-      rec = *best;
-      queue_.erase(best);
-      if (Clock::now() > rec->deadline) {
-        Finish(*rec, v1::JOB_STATE_CANCELLED, absl::DeadlineExceededError("deadline passed while queued"));
-        continue;
-      }
-      running_ = rec;
-      rec->job.set_state(v1::JOB_STATE_RUNNING);
-      rec->job.set_queue_position(-1);
-      *rec->job.mutable_started_at() = TimeUtil::GetCurrentTime();
-    }
-    RunOne(rec);
-    std::lock_guard<std::mutex> l(mu_);
-    running_.reset();
-  }
-  FlushNotify();
-}
-
-void JobManager::RunOne(const std::shared_ptr<Record>& rec) {
-  const std::string id = rec->job.id();
-  spdlog::info("job {}: running", id);
-  const auto t0 = Clock::now();
-  std::vector<job::ModelHandle> handles;
-  absl::Status st;
-  for (const auto& name : rec->spec.models) {
-    absl::StatusOr<job::ModelHandle> h = registry_->Handle(name);
-    if (!h.ok()) {
-      st = h.status();
-      break;
-    }
-    handles.push_back(*std::move(h));
-  }
-  absl::StatusOr<job::Summary> summary = st.ok() ? absl::InternalError("job did not run") : st;
-  if (st.ok()) {
-    Sink sink([this, rec](v1::JobEvent ev) {
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        if (ev.has_progress()) rec->job.set_progress(ev.progress().fraction());
-        if (ev.has_summary()) {
-          ev.mutable_summary()->set_server_version(opts_.server_version);
-          *rec->job.mutable_summary() = ev.summary();
-        }
-        Append(*rec, std::move(ev));
-      }
-      FlushNotify();
-    });
-    job::CancelCheck cancel = [rec]() -> absl::Status {
-      if (rec->cancel) return absl::CancelledError("cancelled by client");
-      if (Clock::now() > rec->deadline) return absl::DeadlineExceededError("job deadline exceeded");
+void JobManager::Emit(const std::string& id, v1::JobEvent ev) {
+  if (ev.has_summary()) ev.mutable_summary()->set_server_version(opts_.server_version);
+  // The record first: a watcher that has seen the event finds the same progress / summary in GetJob.
+  if (ev.has_progress() || ev.has_summary()) {
+    const auto record = [&](JobRecord& rec) {
+      if (ev.has_progress()) rec.job.set_progress(ev.progress().fraction());
+      if (ev.has_summary()) *rec.job.mutable_summary() = ev.summary();
       return absl::OkStatus();
     };
-    try {
-      summary = job::RunJob(rec->spec, handles, opts_.limits, &sink, cancel);
-    } catch (const std::exception& e) {  // engine bugs must not take the server down
-      summary = absl::InternalError(absl::StrCat("engine error: ", e.what()));
-    }
+    LogIfError(id, store_->Update(id, record).status());
   }
-  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::lock_guard<std::mutex> l(mu_);
-  if (summary.ok()) {
-    Finish(*rec, v1::JOB_STATE_SUCCEEDED, absl::OkStatus());
-    spdlog::info("job {}: succeeded in {:.2f} s", id, secs);
+  LogIfError(id, events_.Append(id, std::move(ev)).status());
+}
+
+void JobManager::OnState(const std::string& id, v1::JobState to, const absl::Status& why) {
+  absl::StatusOr<JobRecord> rec = store_->Update(id, [&](JobRecord& r) { return SetState(&r.job, to, why); });
+  if (!rec.ok()) {  // a scheduler bug: the record keeps its last legal state
+    LogIfError(id, rec.status());
+    return;
+  }
+  if (opts_.metrics) opts_.metrics->SetQueue(scheduler_.queued(), scheduler_.running());
+  if (to == v1::JOB_STATE_RUNNING) {
+    spdlog::info("job {}: running", id);
+    return;
+  }
+  const v1::Job& job = rec->job;
+  const bool started = job.has_started_at();
+  const double run_s = started ? Seconds(job.started_at(), job.finished_at()) : 0;
+  if (opts_.metrics) {
+    const double queue_s = Seconds(job.submitted_at(), started ? job.started_at() : job.finished_at());
+    opts_.metrics->JobFinished(to == v1::JOB_STATE_SUCCEEDED ? "succeeded"
+                               : to == v1::JOB_STATE_FAILED  ? "failed"
+                                                             : "cancelled",
+                               run_s, queue_s);
+    for (const auto& m : job.summary().models()) opts_.metrics->TokensProcessed(m.model(), m.num_tokens());
+  }
+  if (why.ok()) {
+    spdlog::info("job {}: succeeded in {:.2f} s", id, run_s);
   } else {
-    const bool cancelled = summary.status().code() == absl::StatusCode::kCancelled ||
-                           summary.status().code() == absl::StatusCode::kDeadlineExceeded;
-    Finish(*rec, cancelled ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_FAILED, summary.status());
-    spdlog::warn("job {}: {} after {:.2f} s: {}", id, cancelled ? "cancelled" : "failed", secs,
-                 summary.status().ToString());
+    spdlog::warn("job {}: {} after {:.2f} s: {}", id, to == v1::JOB_STATE_FAILED ? "failed" : "cancelled", run_s,
+                 why.ToString());
   }
+  v1::JobEvent finished;
+  finished.mutable_finished()->set_state(to);
+  if (job.has_error()) *finished.mutable_finished()->mutable_error() = job.error();
+  LogIfError(id, events_.Append(id, std::move(finished), /*last=*/true).status());
+  // Retention: a forgotten job's record and events go together.
+  for (const std::string& gone : store_->ForgetFinished(opts_.max_finished_jobs)) events_.Drop(gone);
 }
 
 }  // namespace sinkscope::server

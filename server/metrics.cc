@@ -19,6 +19,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/util/status_macros.h"
 
 namespace sinkscope::server {
 
@@ -170,9 +171,7 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& list
   std::unique_ptr<Metrics> m(new Metrics());
   if (!listen.empty()) {
     Metrics* raw = m.get();
-    auto ep = HttpEndpoint::Start(listen, [raw] { return raw->Serialize(); });
-    if (!ep.ok()) return ep.status();
-    m->impl_->endpoint = *std::move(ep);
+    ASSIGN_OR_RETURN(m->impl_->endpoint, HttpEndpoint::Start(listen, [raw] { return raw->Serialize(); }));
   }
   return m;
 }

@@ -6,49 +6,12 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "common/model/llama.h"
 #include "common/tokenizer/tokenizer.h"
+#include "server/convert.h"
 
 namespace sinkscope::server {
 namespace v1 = sinkscope::v1;
-
-namespace {
-
-std::vector<std::string> HookTemplates() {
-  // Names for a one-layer model, with the layer index turned into the {L} placeholder.
-  std::vector<std::string> out;
-  for (const auto& n : model::AllHookNames(1)) out.push_back(absl::StrReplaceAll(n, {{"blocks.0.", "blocks.{L}."}}));
-  return out;
-}
-
-void FillInfo(const model::LlamaModel& m, const tokenizer::Tokenizer& tok, v1::ModelInfo* info) {
-  const auto& c = m.config();
-  info->set_architecture("LlamaForCausalLM");
-  info->set_model_type(c.model_type);
-  info->set_positional_scheme(c.uses_rope() ? v1::POSITIONAL_SCHEME_ROPE : v1::POSITIONAL_SCHEME_NOPE);
-  info->set_attention_type(model::AttentionTypeName(c.attention_type));
-  info->set_num_layers(static_cast<int32_t>(c.num_hidden_layers));
-  info->set_hidden_size(static_cast<int32_t>(c.hidden_size));
-  info->set_num_heads(static_cast<int32_t>(c.num_attention_heads));
-  info->set_num_kv_heads(static_cast<int32_t>(c.num_key_value_heads));
-  info->set_head_dim(static_cast<int32_t>(c.head_dim));
-  info->set_intermediate_size(static_cast<int32_t>(c.intermediate_size));
-  info->set_vocab_size(static_cast<int32_t>(c.vocab_size));
-  info->set_max_position_embeddings(static_cast<int32_t>(c.max_position_embeddings));
-  info->set_num_parameters(c.num_parameters());
-  info->set_dtype(m.dtype());
-  info->set_checkpoint_dtype(c.torch_dtype);
-  info->set_device(m.device());
-  info->set_weight_bytes(m.weight_bytes());
-  info->set_weights_digest(m.weights_digest());
-  info->set_tokenizer_digest(tok.digest());
-  info->set_attention_scale(c.attention_scale());
-  info->set_rope_theta(c.rope_theta);
-  for (auto& h : HookTemplates()) info->add_hook_points(h);
-}
-
-}  // namespace
 
 Registry::Registry(std::vector<ModelConfig> models) {
   absl::MutexLock l(&mu_);
@@ -87,6 +50,7 @@ void Registry::LoadAll() {
     model::LoadOptions opts;
     opts.device = cfg.device;
     opts.dtype = cfg.dtype;
+    opts.compute_digest = cfg.digest;
     absl::StatusOr<std::shared_ptr<model::LlamaModel>> m = model::LlamaModel::Load(cfg.path, opts);
     absl::StatusOr<std::shared_ptr<const tokenizer::Tokenizer>> tok =
         m.ok() ? tokenizer::Tokenizer::LoadFromDir(cfg.path) : m.status();
@@ -107,7 +71,7 @@ void Registry::LoadAll() {
       spdlog::error("model {}: {}", cfg.name, s.info.error());
       continue;
     }
-    FillInfo(**m, **tok, &s.info);
+    ToProto(**m, **tok, &s.info);
     s.info.set_state(v1::MODEL_STATE_READY);
     s.handle = job::ModelHandle{cfg.name, *m, *tok};
     spdlog::info("model {}: ready ({} layers, {} params, {} on {}, {:.2f} s, weights {})", cfg.name,

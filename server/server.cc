@@ -9,6 +9,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/model/runtime.h"
+#include "common/util/status_macros.h"
+#include "server/convert.h"
 
 namespace sinkscope::server {
 
@@ -22,15 +24,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
   model::SetComputeThreads(opts.compute_threads);
   const int32_t threads = model::ComputeThreads();
 
-  auto metrics = Metrics::Create(opts.metrics_listen);
-  if (!metrics.ok()) return metrics.status();
-  s->metrics_ = *std::move(metrics);
+  ASSIGN_OR_RETURN(s->metrics_, Metrics::Create(opts.metrics_listen));
   s->registry_ = std::make_unique<Registry>(cfg.models);
   JobManager::Options jo;
   jo.max_queued_jobs = cfg.max_queued_jobs;
-  jo.limits.max_tokens_per_prompt = cfg.max_tokens_per_prompt;
-  jo.limits.max_prompts = cfg.max_prompts_per_job;
-  jo.limits.data_dir = cfg.datasets_dir;
+  jo.limits = cfg.limits;
   jo.server_version = kVersion;
   jo.metrics = s->metrics_.get();
   s->jobs_ = std::make_unique<JobManager>(jo, s->registry_.get());
@@ -40,10 +38,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
   so.torch_version = model::TorchVersion();
   so.compute_threads = threads;
   so.datasets_dir = cfg.datasets_dir;
-  so.limits.set_max_tokens_per_prompt(cfg.max_tokens_per_prompt);
-  so.limits.set_max_prompts_per_job(cfg.max_prompts_per_job);
-  so.limits.set_max_queued_jobs(cfg.max_queued_jobs);
-  so.limits.set_max_request_bytes(opts.max_request_bytes);
+  ToProto(cfg.limits, cfg.max_queued_jobs, opts.max_request_bytes, &so.limits);
   s->service_ = std::make_unique<SinkscopeService>(so, s->registry_.get(), s->jobs_.get(), s->metrics_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -64,7 +59,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
                                            s->metrics_->port());
 
   s->registry_->StartLoading();
-  s->jobs_->Start();
   Server* raw = s.get();
   s->health_thread_ = std::thread([raw, health] {
     raw->registry_->WaitLoaded();

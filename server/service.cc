@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "common/job/datasets.h"
+#include "server/convert.h"
 
 namespace sinkscope::server {
 namespace v1 = sinkscope::v1;
@@ -20,11 +21,11 @@ namespace {
 std::string Peer(grpc::CallbackServerContext* ctx) { return ctx->peer(); }
 
 // StreamJob: replays stored events from `from_seq`, then follows live events until Finished.
-// Lifetime: JobManager may hold a notify callback after the RPC is done; callbacks go through a shared Link that
+// Lifetime: the event log may hold a notify callback after the RPC is done; callbacks go through a shared Link that
 // OnDone() clears, so a late notify never touches a deleted reactor.
 class StreamReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
  public:
-  StreamReactor(JobManager* jobs, std::string id, uint64_t from) : jobs_(jobs), id_(std::move(id)), seq_(from) {
+  StreamReactor(EventLog* events, std::string id, uint64_t from) : events_(events), id_(std::move(id)), seq_(from) {
     link_ = std::make_shared<Link>();
     link_->r = this;
     Pump();
@@ -83,15 +84,15 @@ class StreamReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
           if (link->r) link->r->Pump();
         }
       };
-      absl::StatusOr<JobManager::Poll> poll = jobs_->NextEvent(id_, seq_, &ev_, notify);
+      absl::StatusOr<EventLog::Poll> poll = events_->Next(id_, seq_, &ev_, notify);
       if (!poll.ok()) {
         finished_ = finish = true;
         status = ToGrpc(poll.status());
-      } else if (*poll == JobManager::Poll::kEvent) {
+      } else if (*poll == EventLog::Poll::kEvent) {
         writing_ = true;
         ++seq_;
         to_write = &ev_;
-      } else if (*poll == JobManager::Poll::kEnd) {
+      } else if (*poll == EventLog::Poll::kEnd) {
         finished_ = finish = true;
       }
     }
@@ -100,7 +101,7 @@ class StreamReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
     if (finish) Finish(status);
   }
 
-  JobManager* jobs_;
+  EventLog* events_;
   const std::string id_;
   uint64_t seq_;
   v1::JobEvent ev_;
@@ -153,21 +154,14 @@ grpc::ServerUnaryReactor* SinkscopeService::GetModel(grpc::CallbackServerContext
 
 grpc::ServerUnaryReactor* SinkscopeService::ListDatasets(grpc::CallbackServerContext* ctx,
                                                          const v1::ListDatasetsRequest*, v1::ListDatasetsResponse* resp) {
-  for (const auto& d : job::ListDatasets(opts_.datasets_dir)) {
-    auto* p = resp->add_datasets();
-    p->set_name(d.name);
-    p->set_description(d.description);
-    p->set_num_prompts(static_cast<int32_t>(d.prompts.size()));
-    p->set_digest(d.digest);
-    p->set_source(d.source);
-  }
+  for (const auto& d : job::ListDatasets(opts_.datasets_dir)) ToProto(d, resp->add_datasets());
   return Done(ctx, "ListDatasets", absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* SinkscopeService::SubmitJob(grpc::CallbackServerContext* ctx,
                                                       const v1::SubmitJobRequest* req, v1::SubmitJobResponse* resp) {
-  // Validation runs a few cheap checks (tokenisation of inline texts included) on the gRPC thread; the engine's
-  // forward passes run only on the worker.
+  // Conversion, validation and planning (tokenisation of the prompts included) run on this gRPC thread; the
+  // engine's forward passes run only on a scheduler worker.
   absl::StatusOr<v1::SubmitJobResponse> r = jobs_->Submit(*req, "anonymous");
   if (r.ok()) {
     *resp = *std::move(r);
@@ -181,7 +175,7 @@ grpc::ServerUnaryReactor* SinkscopeService::SubmitJob(grpc::CallbackServerContex
 grpc::ServerWriteReactor<v1::JobEvent>* SinkscopeService::StreamJob(grpc::CallbackServerContext*,
                                                                    const v1::StreamJobRequest* req) {
   if (metrics_) metrics_->RpcHandled("StreamJob", 0);
-  return new StreamReactor(jobs_, req->job_id(), req->from_seq());
+  return new StreamReactor(&jobs_->events(), req->job_id(), req->from_seq());
 }
 
 grpc::ServerUnaryReactor* SinkscopeService::GetJob(grpc::CallbackServerContext* ctx, const v1::GetJobRequest* req,

@@ -1,12 +1,46 @@
+// proto -> engine conversion (structure only) and the engine's rules reached through it: a spec goes through
+// FromProto and then job::BuildPlan against a real model, as SubmitJob does.
+#include <google/protobuf/util/message_differencer.h>
 #include <gtest/gtest.h>
 
+#include "common/job/plan.h"
 #include "server/convert.h"
+#include "server/registry.h"
 
 namespace v1 = sinkscope::v1;
 using sinkscope::server::FromProto;
-using sinkscope::server::WithDefaults;
+using sinkscope::server::ServerFieldsFromProto;
+using sinkscope::server::ToProto;
 
 namespace {
+
+// The shipped tiny RoPE model, registered as "m" (the name every spec below uses).
+const sinkscope::server::Registry& Models() {
+  static auto* r = [] {
+    auto* reg = new sinkscope::server::Registry(
+        {{"m", std::string(SINKSCOPE_SOURCE_DIR) + "/models/tiny-rope", "float32", "cpu", ""}});
+    reg->StartLoading();
+    reg->WaitLoaded();
+    return reg;
+  }();
+  return *r;
+}
+
+// What SubmitJob does with a spec before queueing it: convert, then validate and plan with the engine.
+absl::Status Submitted(const v1::JobSpec& s) {
+  auto spec = FromProto(s);
+  if (!spec.ok()) return spec.status();
+  if (auto server = ServerFieldsFromProto(s); !server.ok()) return server.status();
+  std::vector<sinkscope::job::ModelHandle> handles;
+  for (const auto& name : spec->models) {
+    auto h = Models().Handle(name);
+    if (!h.ok()) return h.status();
+    handles.push_back(*h);
+  }
+  sinkscope::job::RunLimits limits;
+  limits.data_dir = std::string(SINKSCOPE_SOURCE_DIR) + "/models/datasets";
+  return sinkscope::job::BuildPlan(*std::move(spec), std::move(handles), limits).status();
+}
 
 v1::JobSpec Minimal() {
   v1::JobSpec s;
@@ -17,10 +51,10 @@ v1::JobSpec Minimal() {
 }
 
 void ExpectBad(const v1::JobSpec& s, const std::string& needle) {
-  auto r = FromProto(s);
-  ASSERT_FALSE(r.ok()) << needle;
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status();
+  const absl::Status st = Submitted(s);
+  ASSERT_FALSE(st.ok()) << needle;
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find(needle), std::string::npos) << st;
 }
 
 TEST(Convert, DefaultsMatchTheStudy) {
@@ -32,7 +66,8 @@ TEST(Convert, DefaultsMatchTheStudy) {
   EXPECT_EQ(sr.query_rows, sinkscope::job::QueryRows::kAll);
   EXPECT_EQ(sr.source, sinkscope::job::AttentionSource::kModel);
   EXPECT_EQ(r->seed, 42u);
-  const v1::JobSpec d = WithDefaults(Minimal());
+  ASSERT_TRUE(Submitted(Minimal()).ok()) << Submitted(Minimal());
+  const v1::JobSpec d = ToProto(*r, {});  // Job.spec: stored with the defaults made explicit
   EXPECT_TRUE(d.analyses(0).sink_rate().has_tau());
   EXPECT_DOUBLE_EQ(d.analyses(0).sink_rate().tau(), 0.3);
   EXPECT_EQ(d.seed(), 42u);
@@ -148,13 +183,56 @@ TEST(Convert, BadSpecsNameTheField) {
   {
     v1::JobSpec s = Minimal();
     s.mutable_limits()->set_max_tokens(1);
-    ExpectBad(s, "limits.max_tokens");
+    ExpectBad(s, "max_tokens: must be >= 2");  // the engine's name for limits.max_tokens
   }
   {
     v1::JobSpec s = Minimal();
     s.add_analyses()->mutable_activation_stats();
     ExpectBad(s, "analyses[1].activation_stats.hooks: empty list");
   }
+}
+
+TEST(Convert, UnknownEnumValuesNameTheField) {
+  {
+    v1::JobSpec s = Minimal();
+    s.mutable_analyses(0)->mutable_sink_rate()->set_query_rows(static_cast<v1::QueryRows>(7));
+    ExpectBad(s, "analyses[0].sink_rate.query_rows: invalid value 7");
+  }
+  {
+    v1::JobSpec s = Minimal();
+    s.add_analyses()->mutable_massive_values()->add_tensors(v1::QKV_TENSOR_UNSPECIFIED);
+    ExpectBad(s, "analyses[1].massive_values.tensors[0]: invalid value 0 (expected Q, K or V)");
+  }
+}
+
+TEST(Convert, StoredSpecHasEveryDefaultAndRoundTrips) {
+  v1::JobSpec s = Minimal();
+  s.set_priority(3);
+  s.set_label("x");
+  auto* p = s.add_analyses()->mutable_perplexity();
+  p->add_interventions()->mutable_qk_massive();
+  p->add_interventions()->mutable_top_per_head();
+  p->add_interventions()->mutable_bos_mlp();
+  s.add_analyses()->mutable_massive_values();
+  auto spec = FromProto(s);
+  auto server = ServerFieldsFromProto(s);
+  ASSERT_TRUE(spec.ok() && server.ok());
+  const v1::JobSpec stored = ToProto(*spec, *server);
+  EXPECT_EQ(stored.priority(), 3);
+  EXPECT_EQ(stored.label(), "x");
+  EXPECT_EQ(stored.seed(), 42u);
+  const auto& ivs = stored.analyses(1).perplexity().interventions();
+  EXPECT_DOUBLE_EQ(ivs[0].qk_massive().lambda(), 5.0);
+  EXPECT_EQ(ivs[0].qk_massive().scope(), v1::THRESHOLD_SCOPE_LAYER);
+  EXPECT_TRUE(ivs[0].qk_massive().q() && ivs[0].qk_massive().k());
+  EXPECT_EQ(ivs[1].top_per_head().k(), 1);
+  EXPECT_EQ(ivs[2].bos_mlp().spike(), v1::SPIKE_RULE_ARGMAX_RATIO);
+  EXPECT_EQ(stored.analyses(2).massive_values().tensors_size(), 3);
+  EXPECT_EQ(stored.analyses(2).massive_values().top_k(), 8);
+  // Converting the stored spec again changes nothing.
+  auto again = FromProto(stored);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(ToProto(*again, *server), stored));
 }
 
 }  // namespace

@@ -84,8 +84,9 @@ class ServerTest : public testing::Test {
                 {"tiny-nope", (*dir_ / "nope").string(), "float32", "cpu", "random nope"},
                 {"broken", (*dir_ / "broken").string(), "float32", "cpu", "cannot load"}};
     c.datasets_dir = std::string(SINKSCOPE_SOURCE_DIR) + "/models/datasets";
-    c.max_tokens_per_prompt = 256;
-    c.max_prompts_per_job = 50;
+    c.limits.data_dir = c.datasets_dir;
+    c.limits.max_tokens_per_prompt = 256;
+    c.limits.max_prompts = 50;
     c.max_queued_jobs = max_queued;
     return c;
   }
@@ -287,8 +288,9 @@ TEST_F(ServerTest, PairedJobStreamsLayersThenSummary) {
   EXPECT_FALSE(sum.comparison().empty());
   for (const auto& r : sum.comparison()) EXPECT_EQ(r.values_size(), 2) << r.metric();
   EXPECT_EQ(sum.seed(), 42u);
-  // One baseline forward per prompt serves sink rate, residual stats and baseline NLL; BOS-MLP adds one per prompt.
-  for (const auto& m : sum.models()) EXPECT_EQ(m.num_forward_passes(), 2 * 2) << m.model();
+  // One baseline forward (both prompts packed into it) serves sink rate, residual stats and baseline NLL; BOS-MLP
+  // adds one.
+  for (const auto& m : sum.models()) EXPECT_EQ(m.num_forward_passes(), 2) << m.model();
   EXPECT_FALSE(sum.server_version().empty());
 
   const v1::Job j = Get(*id);
