@@ -64,6 +64,9 @@ class LayerAnalysis {
   virtual ~LayerAnalysis() = default;
   // Adds the observers for the forward of prompt `p` to `hooks`. Called once per prompt, in order.
   virtual void Register(const PromptCtx& p, model::HookSet* hooks) = 0;
+  // Called after every layer of a forward this analysis observes, and once more after the forward returns: work
+  // deferred by the observers (batched over a packed forward's prompts) must be done and accumulated by then.
+  virtual void Flush() {}
   // Called after prompt `p`'s forward returned successfully (per-prompt totals over layers, ...).
   virtual void EndPrompt(const PromptCtx& p) {}
   // True if layer `layer`'s numbers only exist after the whole forward (last layer read after the final norm).

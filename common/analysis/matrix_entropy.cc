@@ -4,28 +4,27 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <map>
 #include <limits>
 
 namespace sinkscope::analysis {
 
-EntropyStats ComputeMatrixEntropy(const at::Tensor& x_in) {
-  at::Tensor x = x_in.reshape({x_in.size(0), -1}).to(at::kDouble);
-  const int64_t T = x.size(0), d = x.size(1);
+namespace {
+
+constexpr double kClamp = 1e-10;  // the study's clamp on p_j
+
+EntropyStats NotFinite() {  // NaN/inf activations: report them, never a plausible-looking number
   EntropyStats s;
-  const double F = x.pow(2).sum().item<double>();
-  if (!std::isfinite(F)) {  // NaN/inf activations: report them, never a plausible-looking number
-    s.entropy = s.anisotropy = s.normalized = std::numeric_limits<double>::quiet_NaN();
-    return s;
-  }
-  if (F < 1e-10) return s;  // the study's fallback for a degenerate X: (0, 1)
-  at::Tensor gram = T <= d ? at::mm(x, x.t()) : at::mm(x.t(), x);
-  at::Tensor ev = at::linalg_eigvalsh(gram).clamp_min(0).cpu().contiguous();  // ascending
-  const double* e = ev.data_ptr<double>();
-  const int64_t n = ev.numel();
-  constexpr double kClamp = 1e-10;
+  s.entropy = s.anisotropy = s.normalized = std::numeric_limits<double>::quiet_NaN();
+  return s;
+}
+
+// H, p_1 and H / ln(min(T, d)) from the ascending eigenvalues e[0..n) of the Gram matrix of a T×d X, F = ‖X‖²_F.
+EntropyStats FromSpectrum(const double* e, int64_t n, double F, int64_t T, int64_t d) {
+  EntropyStats s;
   double H = 0, p1 = 0;
   for (int64_t j = 0; j < n; ++j) {
-    const double p = std::max(e[j] / F, kClamp);
+    const double p = std::max(std::max(e[j], 0.0) / F, kClamp);
     H -= p * std::log(p);
     p1 = std::max(p1, p);
   }
@@ -37,6 +36,21 @@ EntropyStats ComputeMatrixEntropy(const at::Tensor& x_in) {
   return s;
 }
 
+// The smaller of the two Gram matrices (same non-zero spectrum), float64.
+at::Tensor Gram(const at::Tensor& x) { return x.size(0) <= x.size(1) ? at::mm(x, x.t()) : at::mm(x.t(), x); }
+
+}  // namespace
+
+EntropyStats ComputeMatrixEntropy(const at::Tensor& x_in) {
+  at::Tensor x = x_in.reshape({x_in.size(0), -1}).to(at::kDouble);
+  const int64_t T = x.size(0), d = x.size(1);
+  const double F = x.pow(2).sum().item<double>();
+  if (!std::isfinite(F)) return NotFinite();
+  if (F < 1e-10) return EntropyStats{};  // the study's fallback for a degenerate X: (0, 1)
+  at::Tensor ev = at::linalg_eigvalsh(Gram(x)).cpu().contiguous();  // ascending
+  return FromSpectrum(ev.data_ptr<double>(), ev.numel(), F, T, d);
+}
+
 namespace matrix_entropy_internal {
 
 class MatrixEntropy final : public LayerAnalysis {
@@ -44,17 +58,50 @@ class MatrixEntropy final : public LayerAnalysis {
   MatrixEntropy(const job::MatrixEntropySpec& spec, const ModelDims& dims)
       : spec_(spec), dims_(dims), layers_(dims.n_layers) {}
 
+  // Observers only form each prompt's Gram matrix and ‖X‖²_F on the device; Flush computes the spectra of all
+  // pending ones (every prompt of a packed forward at a layer) in one batched eigvalsh per matrix size, with one
+  // copy to the host, and accumulates them in prompt order — what one ComputeMatrixEntropy per prompt gives.
   void Register(const PromptCtx&, model::HookSet* hooks) override {
     for (int64_t l = 0; l < dims_.n_layers; ++l) {
       const bool final_norm = spec_.final_norm_last_layer && l == dims_.n_layers - 1;
-      hooks->Observe(final_norm ? std::string("ln_final.hook_normalized") : model::HookName(l, model::HookId::kResidPost),
-                     [this, l](const model::HookPoint&, const at::Tensor& x) {
-                       const EntropyStats s = ComputeMatrixEntropy(x);
-                       layers_[l].entropy.Add(s.entropy);
-                       layers_[l].anisotropy.Add(s.anisotropy);
-                       layers_[l].normalized.Add(s.normalized);
+      hooks->Observe(final_norm ? std::string(model::kFinalNormHook) : model::HookName(l, model::HookId::kResidPost),
+                     [this, l](const model::HookPoint&, const at::Tensor& x_in) {
+                       at::Tensor x = x_in.reshape({x_in.size(0), -1}).to(at::kDouble);
+                       pending_.push_back({l, Gram(x), x.pow(2).sum(), x.size(0), x.size(1)});
                      });
     }
+  }
+
+  void Flush() override {
+    if (pending_.empty()) return;
+    std::vector<at::Tensor> fs;
+    for (const Pending& p : pending_) fs.push_back(p.F);
+    const at::Tensor F = at::stack(fs).cpu().contiguous();
+    const double* f = F.data_ptr<double>();
+    // Spectra of the well-formed matrices, batched by size (NaN input would fail the eigensolver).
+    std::map<int64_t, std::vector<size_t>> by_size;
+    for (size_t i = 0; i < pending_.size(); ++i)
+      if (std::isfinite(f[i]) && f[i] >= 1e-10) by_size[pending_[i].gram.size(0)].push_back(i);
+    std::vector<at::Tensor> spectrum(pending_.size());
+    for (const auto& [n, idx] : by_size) {
+      std::vector<at::Tensor> grams;
+      for (size_t i : idx) grams.push_back(pending_[i].gram);
+      const at::Tensor ev = at::linalg_eigvalsh(at::stack(grams)).cpu().contiguous();  // [B, n] ascending
+      for (size_t k = 0; k < idx.size(); ++k) spectrum[idx[k]] = ev[static_cast<int64_t>(k)];
+    }
+    for (size_t i = 0; i < pending_.size(); ++i) {
+      const Pending& p = pending_[i];
+      EntropyStats s;
+      if (!std::isfinite(f[i])) {
+        s = NotFinite();
+      } else if (spectrum[i].defined()) {
+        s = FromSpectrum(spectrum[i].data_ptr<double>(), spectrum[i].numel(), f[i], p.T, p.d);
+      }  // else degenerate X: the study's (0, 1)
+      layers_[p.layer].entropy.Add(s.entropy);
+      layers_[p.layer].anisotropy.Add(s.anisotropy);
+      layers_[p.layer].normalized.Add(s.normalized);
+    }
+    pending_.clear();
   }
 
   bool LastLayerAfterFinalNorm() const override { return spec_.final_norm_last_layer; }
@@ -85,6 +132,12 @@ class MatrixEntropy final : public LayerAnalysis {
   struct Layer {
     StatAcc entropy, anisotropy, normalized;
   };
+  struct Pending {  // one prompt's layer, waiting for Flush
+    int64_t layer;
+    at::Tensor gram, F;  // float64 on the model's device
+    int64_t T, d;
+  };
+  std::vector<Pending> pending_;
   job::MatrixEntropySpec spec_;
   ModelDims dims_;
   std::vector<Layer> layers_;

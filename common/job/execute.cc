@@ -100,6 +100,11 @@ struct Observers {
     if (hidden_resid) hidden_resid->Register(ctx, hooks);
     if (ident) ident->Register(hooks);
   }
+
+  void Flush() const {
+    for (const auto& a : emitted) a->Flush();
+    if (hidden_resid) hidden_resid->Flush();
+  }
 };
 
 class Executor {
@@ -196,16 +201,17 @@ class Executor {
           ctx.push_back({k, static_cast<int64_t>(mp.prompts[k].size())});
           obs_->Register(ctx.back(), &hooks[i]);
         }
-        // Layer results are final once the last prompt's forward has passed the layer: stream them from there
-        // (the last layer waits for the final norm when an analysis reads it after ln_final).
-        std::function<void(int)> on_layer;
-        if (group_ends)
-          on_layer = [this](int l) {
-            if (!(obs_->last_after_norm && l == dims_.n_layers - 1)) EmitLayer(l);
-          };
+        // Deferred work (batched over the pack's prompts) is flushed after every layer. Layer results are final
+        // once the last pass has passed the layer: stream them from there (the last layer waits for the final norm
+        // when an analysis reads it after ln_final).
+        auto on_layer = [this, group_ends](int l) {
+          obs_->Flush();
+          if (group_ends && !(obs_->last_after_norm && l == dims_.n_layers - 1)) EmitLayer(l);
+        };
         const bool want_nll = plan_.perplexity() != nullptr;
         ASSIGN_OR_RETURN(std::vector<at::Tensor> nll,
                          Forward("baseline", p, mp.prompts, Pointers(hooks), want_nll, on_layer));
+        obs_->Flush();
         for (const auto& a : obs_->emitted)
           RETURN_IF_ERROR(WithContext(a->status(), absl::StrCat("model ", mp.handle.name)));
         for (const analysis::PromptCtx& c : ctx)
