@@ -11,6 +11,8 @@
 //                            [--dataset=brown-heldout] [--data-dir=models/datasets] [--prompts=64]
 //                            [--max-tokens=128] [--budgets=0,512,2048,8192] [--suite=phase|phase+qk]
 //                            [--repeats=3] [--threads=2] [--out=bench/results] [--name=packing]
+//                            [--ids=FILE]   (a JSON array of token-id prompts instead of --dataset)
+//                            [--digest=0]   (1: hash the weights at load, as the server does by default)
 #include <sys/utsname.h>
 
 #include <cmath>
@@ -34,11 +36,16 @@ namespace job = sinkscope::job;
 using sinkscope::bench::Clock;
 using sinkscope::bench::Seconds;
 
-job::JobSpec PhaseSpec(const std::vector<std::string>& names, const std::string& dataset, int32_t prompts,
-                       int32_t max_tokens, bool qk) {
+job::JobSpec PhaseSpec(const std::vector<std::string>& names, const std::string& dataset, const std::string& ids_file,
+                       int32_t prompts, int32_t max_tokens, bool qk) {
   job::JobSpec s;
   s.models = names;
-  s.inputs.dataset = dataset;
+  if (ids_file.empty()) {
+    s.inputs.dataset = dataset;
+  } else {
+    std::ifstream in(ids_file);
+    s.inputs.token_ids = nlohmann::json::parse(in).get<std::vector<std::vector<int32_t>>>();
+  }
   s.inputs.max_prompts = prompts;
   s.max_tokens = max_tokens;
   job::PerplexitySpec ppl;
@@ -79,7 +86,9 @@ int main(int argc, char** argv) {
        {"repeats", "3"},
        {"threads", "2"},
        {"out", SINKSCOPE_BENCH_RESULTS},
-       {"name", "packing"}},
+       {"name", "packing"},
+       {"ids", ""},
+       {"digest", "0"}},
       "sinkscope-job-bench");
   sinkscope::model::TuneMallocForTensors();
   sinkscope::model::SetComputeThreads(static_cast<int>(sinkscope::bench::IntFlag(flags, "threads")));
@@ -90,6 +99,7 @@ int main(int argc, char** argv) {
     sinkscope::model::LoadOptions lo;
     lo.device = flags["device"];
     lo.dtype = flags["dtype"];
+    lo.compute_digest = flags["digest"] != "0";  // hashing a 7B checkpoint reads 13.5 GB: off unless asked
     auto m = sinkscope::model::LlamaModel::Load(dir, lo);
     if (!m.ok()) {
       std::cerr << "loading " << dir << ": " << m.status() << "\n";
@@ -102,7 +112,7 @@ int main(int argc, char** argv) {
   }
   const bool qk = flags["suite"] == "phase+qk";
   const job::JobSpec spec =
-      PhaseSpec(names, flags["dataset"], static_cast<int32_t>(sinkscope::bench::IntFlag(flags, "prompts")),
+      PhaseSpec(names, flags["dataset"], flags["ids"], static_cast<int32_t>(sinkscope::bench::IntFlag(flags, "prompts")),
                 static_cast<int32_t>(sinkscope::bench::IntFlag(flags, "max-tokens")), qk);
   const int64_t repeats = sinkscope::bench::IntFlag(flags, "repeats");
 
@@ -166,7 +176,8 @@ int main(int argc, char** argv) {
                     {"loadavg_before", load_before},
                     {"loadavg_after", sinkscope::bench::LoadAvg()}};
   out["job"] = {{"models", flags["models"]}, {"device", flags["device"]}, {"dtype", flags["dtype"]},
-                {"dataset", flags["dataset"]}, {"prompts", flags["prompts"]}, {"max_tokens", flags["max-tokens"]},
+                {"dataset", flags["dataset"]}, {"ids", flags["ids"]}, {"prompts", flags["prompts"]},
+                {"max_tokens", flags["max-tokens"]},
                 {"suite", flags["suite"]},     {"repeats", repeats}};
   const std::string dir = flags["out"], name = flags["name"];
   std::filesystem::create_directories(dir);
@@ -177,14 +188,15 @@ int main(int argc, char** argv) {
                         sinkscope::bench::CpuModel(), sinkscope::model::ComputeThreads(),
                         sinkscope::model::TorchVersion(), un.release, load_before, sinkscope::bench::LoadAvg());
   md << absl::StrFormat(
-      "Job: %s suite (%s) on %s, %s %s, %s prompts of dataset %s cut to %s tokens; in-process "
+      "Job: %s suite (%s) on %s, %s %s, up to %s prompts (%s) cut to %s tokens; in-process "
       "BuildPlan + Execute, best of %d after a warm-up run (median in its own column).\n\n",
       flags["suite"],
       qk ? "sink rate, massive Q/K/V, BOS residual stats, matrix entropy, perplexity with BOS-MLP ablation at the "
            "spike layer and Q/K massive-dim disruption with 3 random controls"
          : "sink rate, massive Q/K/V, BOS residual stats, matrix entropy, perplexity with BOS-MLP ablation at the "
            "spike layer",
-      flags["models"], flags["dtype"], flags["device"], flags["prompts"], flags["dataset"], flags["max-tokens"],
+      flags["models"], flags["dtype"], flags["device"], flags["prompts"],
+      flags["ids"].empty() ? "dataset " + flags["dataset"] : "token ids from " + flags["ids"], flags["max-tokens"],
       static_cast<int>(repeats));
   md << "| pack_tokens | forwards | tokens | best (s) | median (s) | tokens/s | speed-up | max rel. diff |\n";
   md << "|---|---|---|---|---|---|---|---|\n";

@@ -15,6 +15,8 @@
 #   5. sinkscoped with a 7B-shaped RoPE+DroPE pair resident (bf16, cuda:0) runs the study's phase suite (phase
 #      preset + BOS-MLP ablation + Q/K disruption with 3 controls) over 64 prompts x 512 tokens via the client;
 #   6. hf_bench.py: the same work in transformers, the study's way and the best single-pass way;
+#   6b. packing: sinkscope-job-bench, the phase suite over the bench prompts cut to 64 tokens (weight-bound),
+#      one prompt per forward vs all prompts packed into one forward (OUT/packing.md);
 #   7. report: OUT/gpu.md (also bench/results/gpu.md on cuda), OUT/results.json, OUT/gpu-check.log, OUT/logs.tgz.
 # Every step has a hard timeout inside a global budget (--budget, default 560 s on cuda: the node gives us ONE
 # 10-minute command), steps run most-valuable-first, and the report is rewritten after each step, so a timeout
@@ -322,7 +324,7 @@ elif [[ -n $CXXFLAGS_EXTRA ]]; then
   CMAKE_ARGS+=("-DCMAKE_CXX_FLAGS=$CXXFLAGS_EXTRA")
 fi
 
-TARGETS=(sinkscoped sinkscope sinkscope-probe engine_tests analysis_tests sinkscope-bench)
+TARGETS=(sinkscoped sinkscope sinkscope-probe engine_tests analysis_tests sinkscope-bench sinkscope-job-bench)
 configure() { cmake -S "$ROOT" -B "$BUILD_DIR" "${CMAKE_ARGS[@]}"; }
 build() {
   # The two background python jobs share the machine; give the compiler all cores anyway (they are GPU-bound).
@@ -429,9 +431,10 @@ bench_server() {
   local cfg=$WORK/bench-models.yaml
   cat > "$cfg" <<EOF
 models:
-  - {name: bench-rope, path: $BENCH_CK/bench-rope, dtype: $DTYPE_BENCH, device: $DEV_SPEC}
-  - {name: bench-drope, path: $BENCH_CK/bench-drope, dtype: $DTYPE_BENCH, device: $DEV_SPEC}
+  - {name: bench-rope, path: $BENCH_CK/bench-rope, dtype: $DTYPE_BENCH, device: $DEV_SPEC, digest: false}
+  - {name: bench-drope, path: $BENCH_CK/bench-drope, dtype: $DTYPE_BENCH, device: $DEV_SPEC, digest: false}
 datasets_dir: $ROOT/models/datasets
+limits: {max_prompts_per_job: 1000, pack_tokens: $(( N_PROMPTS * N_TOKENS ))}
 EOF
   local t=$(date +%s)
   start_server "$cfg" bench 400 || return 1
@@ -466,6 +469,17 @@ bench_hf() {
     --prompts "$WORK/bench_prompts.json" --max-prompts "$maxp" --dtype "$DTYPE_BENCH" --out "$WORK/bench/hf.json"
 }
 
+# Packing on the device: the phase suite in-process (sinkscope-job-bench) over the bench prompts cut to 64 tokens,
+# where a forward is bound by reading the weights, one prompt per forward vs all prompts packed in one forward.
+bench_packing() {
+  wait_for "$WORK/.bench_ready" "$(( $(remaining) - 30 ))" || { echo "bench checkpoints not ready"; return 1; }
+  "$BUILD_DIR/bench/sinkscope-job-bench" --models="$BENCH_CK/bench-rope,$BENCH_CK/bench-drope" --device="$DEV_SPEC" \
+    --dtype="$DTYPE_BENCH" --ids="$WORK/bench_prompts.json" --prompts="$N_PROMPTS" --max-tokens=64 \
+    --budgets="0,$(( N_PROMPTS * 64 ))" --suite=phase --repeats=1 --threads="$JOBS" --out="$WORK/bench" --name=packing
+  cat "$WORK/bench/packing.md"
+  cp "$WORK/bench/packing.md" "$OUT/packing.md"
+}
+
 bench_smoke() {  # sinkscope-bench (CPU forward benchmark) builds and runs; results stay in the work dir
   "$BUILD_DIR/bench/sinkscope-bench" --layers=1 --lengths=64 --repeats=1 --dtypes=float32 --out="$WORK/bench/cpu"
 }
@@ -488,6 +502,7 @@ wait "$TESTS_PID" || true
 report
 step bench 300 bench_server || true; report
 step hf_bench 240 bench_hf || true; report
+step packing 90 bench_packing || true; report
 step bench_smoke 60 bench_smoke || true
 if ! wait_for "$WORK/.bench_ready" 1 || [[ $(cat "$WORK/background.rc" 2>/dev/null || echo 1) != 0 ]]; then
   log "background preparation failed or unfinished: see logs/background.log"; FAILED=1
