@@ -16,6 +16,15 @@ void ToProto(const job::Stat& s, v1::Stat* p) {
   p->set_n(s.n);
 }
 
+namespace {
+
+// Several per-layer statistics into their proto fields.
+void StatsTo(std::initializer_list<std::pair<const job::Stat*, v1::Stat*>> stats) {
+  for (auto [from, to] : stats) ToProto(*from, to);
+}
+
+}  // namespace
+
 void ToProto(const job::LayerResult& r, v1::LayerResult* p) {
   p->set_model(r.model);
   p->set_layer(r.layer);
@@ -43,19 +52,17 @@ void ToProto(const job::LayerResult& r, v1::LayerResult* p) {
       }
     }
   }
-  if (r.residual_stats) {
+  if (const auto& rs = r.residual_stats) {
     auto* s = p->mutable_residual_stats();
-    ToProto(r.residual_stats->bos_norm, s->mutable_bos_norm());
-    ToProto(r.residual_stats->mean_other_norm, s->mutable_mean_other_norm());
-    ToProto(r.residual_stats->ratio, s->mutable_ratio());
-    s->set_post_final_norm(r.residual_stats->post_final_norm);
+    StatsTo({{&rs->bos_norm, s->mutable_bos_norm()}, {&rs->mean_other_norm, s->mutable_mean_other_norm()},
+             {&rs->ratio, s->mutable_ratio()}});
+    s->set_post_final_norm(rs->post_final_norm);
   }
-  if (r.matrix_entropy) {
+  if (const auto& me = r.matrix_entropy) {
     auto* s = p->mutable_matrix_entropy();
-    ToProto(r.matrix_entropy->entropy, s->mutable_entropy());
-    ToProto(r.matrix_entropy->anisotropy, s->mutable_anisotropy());
-    ToProto(r.matrix_entropy->normalized_entropy, s->mutable_normalized_entropy());
-    s->set_post_final_norm(r.matrix_entropy->post_final_norm);
+    StatsTo({{&me->entropy, s->mutable_entropy()}, {&me->anisotropy, s->mutable_anisotropy()},
+             {&me->normalized_entropy, s->mutable_normalized_entropy()}});
+    s->set_post_final_norm(me->post_final_norm);
   }
   if (!r.activation_stats.empty()) {
     auto* s = p->mutable_activation_stats();

@@ -294,16 +294,25 @@ absl::StatusOr<ServerFields> ServerFieldsFromProto(const v1::JobSpec& p) {
   return ServerFields{p.priority(), p.deadline_seconds(), p.label()};
 }
 
+namespace {
+
+// The scheduler's fields and the label, which the engine never sees.
+void ServerFieldsTo(const ServerFields& f, v1::JobSpec* p) {
+  p->set_priority(f.priority);
+  p->set_deadline_seconds(f.deadline_seconds);
+  p->set_label(f.label);
+}
+
+}  // namespace
+
 v1::JobSpec ToProto(const job::JobSpec& s, const ServerFields& server) {
   v1::JobSpec p;
   for (const auto& m : s.models) p.add_models(m);
   InputsTo(s.inputs, p.mutable_inputs());
   for (const auto& a : s.analyses) AnalysisTo(a, p.add_analyses());
   p.mutable_limits()->set_max_tokens(s.max_tokens);
-  p.set_priority(server.priority);
-  p.set_deadline_seconds(server.deadline_seconds);
-  p.set_label(server.label);
   p.set_seed(s.seed);
+  ServerFieldsTo(server, &p);
   return p;
 }
 

@@ -30,6 +30,13 @@ void StatAcc::Add(double x) {
 
 double StatAcc::std() const { return n_ > 0 ? std::sqrt(std::max(0.0, m2_ / n_)) : 0.0; }
 
+int32_t ArgBest(int32_t n, const std::function<double(int32_t)>& value, bool lowest) {
+  int32_t best = 0;
+  for (int32_t i = 1; i < n; ++i)
+    if (lowest ? value(i) < value(best) : value(i) > value(best)) best = i;
+  return best;
+}
+
 double Gini(std::vector<double> v) {
   const size_t n = v.size();
   if (n == 0) return 0.0;

@@ -14,6 +14,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -53,6 +54,9 @@ class StatAcc {
   int32_t n_ = 0;
   double mean_ = 0, m2_ = 0;
 };
+
+// The first i in [0, n) with the largest value(i) (the smallest with `lowest`), like np.argmax / np.argmin.
+int32_t ArgBest(int32_t n, const std::function<double(int32_t)>& value, bool lowest = false);
 
 // Gini coefficient of non-negative values, in float64 (the study's fp16 version overflowed, docs/study.md §6.6):
 //   x sorted ascending, i = 1..n:  G = 2·Σ i·x_i / (n·Σ x_i) − (n+1)/n ;  G = 0 when Σ x_i = 0.

@@ -118,11 +118,9 @@ class MatrixEntropy final : public LayerAnalysis {
 
   void Summarize(std::map<std::string, double>* m) const override {
     if (layers_.empty() || layers_[0].entropy.n() == 0) return;
-    int32_t lo = 0, hi = 0;
-    for (int32_t l = 1; l < static_cast<int32_t>(layers_.size()); ++l) {
-      if (layers_[l].entropy.mean() < layers_[lo].entropy.mean()) lo = l;
-      if (layers_[l].anisotropy.mean() > layers_[hi].anisotropy.mean()) hi = l;
-    }
+    const int32_t n = static_cast<int32_t>(layers_.size());
+    const int32_t lo = ArgBest(n, [&](int32_t l) { return layers_[l].entropy.mean(); }, /*lowest=*/true);
+    const int32_t hi = ArgBest(n, [&](int32_t l) { return layers_[l].anisotropy.mean(); });
     (*m)["entropy.min"] = layers_[lo].entropy.mean();
     (*m)["entropy.min_layer"] = lo;
     (*m)["anisotropy.max"] = layers_[hi].anisotropy.mean();

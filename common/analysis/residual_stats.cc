@@ -92,11 +92,9 @@ class Impl final : public ResidualStats {
     (*m)["bos_spike_layer.argmax_ratio"] = SpikeLayer(job::SpikeRule::kArgmaxRatio);
     (*m)["bos_spike_layer.argmax_jump"] = SpikeLayer(job::SpikeRule::kArgmaxJump);
     if (!emit_) return;
-    int32_t peak = 0, rpeak = 0;
-    for (int32_t l = 1; l < static_cast<int32_t>(layers_.size()); ++l) {
-      if (layers_[l].bos.mean() > layers_[peak].bos.mean()) peak = l;
-      if (layers_[l].ratio.mean() > layers_[rpeak].ratio.mean()) rpeak = l;
-    }
+    const int32_t n = static_cast<int32_t>(layers_.size());
+    const int32_t peak = ArgBest(n, [&](int32_t l) { return layers_[l].bos.mean(); });
+    const int32_t rpeak = ArgBest(n, [&](int32_t l) { return layers_[l].ratio.mean(); });
     (*m)["bos_norm.peak"] = layers_[peak].bos.mean();
     (*m)["bos_norm.peak_layer"] = peak;
     (*m)["bos_ratio.peak"] = layers_[rpeak].ratio.mean();

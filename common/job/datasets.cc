@@ -30,31 +30,45 @@ Dataset Make(std::string name, std::string description, std::vector<std::string>
   return d;
 }
 
+// The study's prompt sets, exactly: each text is one of the scripts' sentences times n (Python's `s * n`, trailing
+// space included).
+struct StudySet {
+  const char* name;
+  const char* description;
+  const char* script;
+  std::vector<std::pair<const char*, int>> texts;  // (sentence, repeats)
+};
+
 std::vector<Dataset> CompiledIn() {
-  const std::string kSeed = "DavidDemitriAfrica/drope-activations @2395c15";
+  static const std::vector<StudySet> kSets = {
+      {"study-massive-comparison", "Exp. 1 Llama comparison: 3 sentences, each repeated x10 (docs/study.md §5.1.1)",
+       "scripts/run_llama_comparison.py",
+       {{"The quick brown fox jumps over the lazy dog. ", 10},
+        {"Machine learning models have revolutionized artificial intelligence. ", 10},
+        {"Natural language processing enables computers to understand human language. ", 10}}},
+      {"study-disruption-literary", "Exp. 2 literary set (massive-dim identification and trials; docs/study.md §5.2.1)",
+       "scripts/run_disruption_rigorous.py",
+       {{"In a hole in the ground there lived a hobbit. Not a nasty, dirty, wet hole. ", 10},
+        {"It was the best of times, it was the worst of times. ", 15},
+        {"Call me Ishmael. Some years ago, never mind how long precisely. ", 10}}},
+      {"study-disruption-technical", "Exp. 2 technical evaluation set (docs/study.md §5.2.1)",
+       "scripts/run_disruption_rigorous.py",
+       {{"The transformer architecture uses self-attention mechanisms to process sequences. ", 15},
+        {"Machine learning models learn patterns from data through optimization. ", 15},
+        {"Neural networks consist of layers of interconnected nodes. ", 15}}},
+      {"study-disruption-repetitive", "Exp. 2 repetitive evaluation set (docs/study.md §5.2.1)",
+       "scripts/run_disruption_rigorous.py",
+       {{"The quick brown fox jumps over the lazy dog. ", 30},
+        {"Pack my box with five dozen liquor jugs. ", 30},
+        {"How vexingly quick daft zebras jump. ", 30}}},
+  };
   std::vector<Dataset> v;
-  v.push_back(Make("study-massive-comparison",
-                   "Exp. 1 Llama comparison: 3 sentences, each repeated x10 (docs/study.md §5.1.1)",
-                   {Repeat("The quick brown fox jumps over the lazy dog. ", 10),
-                    Repeat("Machine learning models have revolutionized artificial intelligence. ", 10),
-                    Repeat("Natural language processing enables computers to understand human language. ", 10)},
-                   kSeed + " scripts/run_llama_comparison.py"));
-  v.push_back(Make("study-disruption-literary",
-                   "Exp. 2 literary set (massive-dim identification and trials; docs/study.md §5.2.1)",
-                   {Repeat("In a hole in the ground there lived a hobbit. Not a nasty, dirty, wet hole. ", 10),
-                    Repeat("It was the best of times, it was the worst of times. ", 15),
-                    Repeat("Call me Ishmael. Some years ago, never mind how long precisely. ", 10)},
-                   kSeed + " scripts/run_disruption_rigorous.py"));
-  v.push_back(Make("study-disruption-technical", "Exp. 2 technical evaluation set (docs/study.md §5.2.1)",
-                   {Repeat("The transformer architecture uses self-attention mechanisms to process sequences. ", 15),
-                    Repeat("Machine learning models learn patterns from data through optimization. ", 15),
-                    Repeat("Neural networks consist of layers of interconnected nodes. ", 15)},
-                   kSeed + " scripts/run_disruption_rigorous.py"));
-  v.push_back(Make(
-      "study-disruption-repetitive", "Exp. 2 repetitive evaluation set (docs/study.md §5.2.1)",
-      {Repeat("The quick brown fox jumps over the lazy dog. ", 30),
-       Repeat("Pack my box with five dozen liquor jugs. ", 30), Repeat("How vexingly quick daft zebras jump. ", 30)},
-      kSeed + " scripts/run_disruption_rigorous.py"));
+  for (const StudySet& set : kSets) {
+    std::vector<std::string> prompts;
+    for (const auto& [text, n] : set.texts) prompts.push_back(Repeat(text, n));
+    v.push_back(Make(set.name, set.description, std::move(prompts),
+                     std::string("DavidDemitriAfrica/drope-activations @2395c15 ") + set.script));
+  }
   return v;
 }
 

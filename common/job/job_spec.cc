@@ -1,34 +1,15 @@
 #include "common/job/job_spec.h"
 
+#include <array>
+
 #include "common/util/overloaded.h"
 
 namespace sinkscope::job {
 
-const char* Name(QkvTensor t) {
-  switch (t) {
-    case QkvTensor::kQ: return "q";
-    case QkvTensor::kK: return "k";
-    case QkvTensor::kV: return "v";
-  }
-  return "?";
-}
-
-const char* Name(SpikeRule r) {
-  switch (r) {
-    case SpikeRule::kArgmaxRatio: return "argmax_ratio";
-    case SpikeRule::kArgmaxJump: return "argmax_jump";
-  }
-  return "?";
-}
-
-const char* Name(PositionClass p) {
-  switch (p) {
-    case PositionClass::kBos: return "bos";
-    case PositionClass::kRest: return "rest";
-    case PositionClass::kAll: return "all";
-  }
-  return "?";
-}
+// Names indexed by the enum's value (the enums are dense from 0, in the order of their declaration).
+const char* Name(QkvTensor t) { return std::array{"q", "k", "v"}[static_cast<size_t>(t)]; }
+const char* Name(SpikeRule r) { return std::array{"argmax_ratio", "argmax_jump"}[static_cast<size_t>(r)]; }
+const char* Name(PositionClass p) { return std::array{"bos", "rest", "all"}[static_cast<size_t>(p)]; }
 
 const char* KindName(const AnalysisSpec& a) {
   return std::visit(Overloaded{[](const SinkRateSpec&) { return "sink_rate"; },

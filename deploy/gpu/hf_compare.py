@@ -50,6 +50,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "analysis"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
 import reference_analyses as ra  # noqa: E402  (the study's formulas, independent of the C++ engine)
+from make_tiny_llama import write_safetensors  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TOL = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
@@ -79,23 +80,8 @@ def read_st(path):
 
 
 def write_st(path, tensors, metadata=None):
-    header, blobs, off = {}, [], 0
-    for name, t in tensors.items():
-        t = t.detach().contiguous().cpu()
-        dt = {torch.float32: "F32", torch.int64: "I64"}[t.dtype]
-        b = t.numpy().tobytes()
-        header[name] = {"dtype": dt, "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    if metadata:
-        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
+    """The project's one python safetensors writer (tests/reference/make_tiny_llama.py)."""
+    write_safetensors(path, tensors, metadata)
 
 
 def rel(a, b):

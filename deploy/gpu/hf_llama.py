@@ -87,18 +87,16 @@ def load(model_dir, dtype, device, attn_implementation="eager", nope_mode="patch
         p = f"model.layers.{l}.self_attn."
         qn, kn = state.pop(p + "q_norm.weight", None), state.pop(p + "k_norm.weight", None)
         attn = layer.self_attn
-        if att in ("qk_norm_nope", "q_norm_nope"):
-            norm = LlamaRMSNorm(H * hd, eps=eps).to(device=device, dtype=dtype)
-            norm.weight.data.copy_(qn)
-            state[p + "q_proj.0.weight"] = state.pop(p + "q_proj.weight")
-            state[p + "q_proj.1.weight"] = norm.weight.data.clone()
-            attn.q_proj = torch.nn.Sequential(attn.q_proj, norm)
-        if att in ("qk_norm_nope", "k_norm_nope"):
-            norm = LlamaRMSNorm(K * hd, eps=eps).to(device=device, dtype=dtype)
-            norm.weight.data.copy_(kn)
-            state[p + "k_proj.0.weight"] = state.pop(p + "k_proj.weight")
-            state[p + "k_proj.1.weight"] = norm.weight.data.clone()
-            attn.k_proj = torch.nn.Sequential(attn.k_proj, norm)
+        # DroPE's RMSNorm over the whole q (k) projection: proj -> Sequential(proj, norm), weights renamed to match.
+        for which, width, weight, variants in (("q_proj", H * hd, qn, ("qk_norm_nope", "q_norm_nope")),
+                                               ("k_proj", K * hd, kn, ("qk_norm_nope", "k_norm_nope"))):
+            if att not in variants:
+                continue
+            norm = LlamaRMSNorm(width, eps=eps).to(device=device, dtype=dtype)
+            norm.weight.data.copy_(weight)
+            state[p + which + ".0.weight"] = state.pop(p + which + ".weight")
+            state[p + which + ".1.weight"] = norm.weight.data.clone()
+            setattr(attn, which, torch.nn.Sequential(getattr(attn, which), norm))
         if cfg.get("softmax_scale") is not None:
             attn.scaling = cfg["softmax_scale"]
     state = {k: v.to(dtype) for k, v in state.items() if "rotary_emb" not in k}

@@ -228,27 +228,26 @@ TEST(KnownAnswers, KnownGramSpectrumGivesKnownEntropy) {
   auto m = OrthogonalEmbeddingModel(false);  // resid_post = embeddings: 1·e0, 2·e1, 3·e2 (d = 8)
   job::MatrixEntropySpec me;
   me.normalized = true;
-  RecordingSink sink;
   // T = 3 ≤ d: Gram diag(1, 4, 9). T = 12 > d: XᵀX has eigenvalues 1, 6·4, 5·9 (+ 9 zeros in the T×T Gram).
-  auto r = RunOn(Spec({m.name}, {{1, 2, 3}}, {me}), {m}, &sink);
-  ASSERT_TRUE(r.ok()) << r.status();
-  const double h3 = Entropy({1, 4, 9}, 0);
-  for (const auto& l : sink.Layers(m.name)) {
-    EXPECT_NEAR(l.matrix_entropy->entropy.mean, h3, 1e-12);
-    EXPECT_NEAR(l.matrix_entropy->anisotropy.mean, 9.0 / 14.0, 1e-12);
-    EXPECT_NEAR(l.matrix_entropy->normalized_entropy.mean, h3 / std::log(3.0), 1e-12);
-    EXPECT_FALSE(l.matrix_entropy->post_final_norm);
-  }
-  EXPECT_NEAR(r->models[0].metrics.at("entropy.min"), h3, 1e-12);
-
-  RecordingSink sink2;
-  auto r2 = RunOn(Spec({m.name}, {{1, 2, 2, 3, 3, 3, 2, 2, 2, 2, 3, 3}}, {me}), {m}, &sink2);
-  ASSERT_TRUE(r2.ok()) << r2.status();
-  const double h12 = Entropy({1, 24, 45}, 9);
-  for (const auto& l : sink2.Layers(m.name)) {
-    EXPECT_NEAR(l.matrix_entropy->entropy.mean, h12, 1e-12);
-    EXPECT_NEAR(l.matrix_entropy->anisotropy.mean, 45.0 / 70.0, 1e-12);
-    EXPECT_NEAR(l.matrix_entropy->normalized_entropy.mean, h12 / std::log(8.0), 1e-12);
+  struct Case {
+    std::vector<int32_t> ids;
+    std::vector<double> eigen;
+    int zeros;
+    double anisotropy, log_rank;
+  };
+  for (const Case& c : {Case{{1, 2, 3}, {1, 4, 9}, 0, 9.0 / 14.0, std::log(3.0)},
+                        Case{{1, 2, 2, 3, 3, 3, 2, 2, 2, 2, 3, 3}, {1, 24, 45}, 9, 45.0 / 70.0, std::log(8.0)}}) {
+    RecordingSink sink;
+    auto r = RunOn(Spec({m.name}, {c.ids}, {me}), {m}, &sink);
+    ASSERT_TRUE(r.ok()) << r.status();
+    const double h = Entropy(c.eigen, c.zeros);
+    for (const auto& l : sink.Layers(m.name)) {
+      EXPECT_NEAR(l.matrix_entropy->entropy.mean, h, 1e-12) << c.ids.size();
+      EXPECT_NEAR(l.matrix_entropy->anisotropy.mean, c.anisotropy, 1e-12);
+      EXPECT_NEAR(l.matrix_entropy->normalized_entropy.mean, h / c.log_rank, 1e-12);
+      EXPECT_FALSE(l.matrix_entropy->post_final_norm);
+    }
+    EXPECT_NEAR(r->models[0].metrics.at("entropy.min"), h, 1e-12);
   }
 }
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <random>
 
@@ -330,22 +331,29 @@ void CheckStat(const job::Stat& s, const json& r, const std::string& what) {
   EXPECT_LE(std::abs(s.std - r[1].get<double>()), kRel * std::max(1.0, std::abs(r[0].get<double>()))) << what << " std";
 }
 
+// Runs `check` on every layer of model `m` in both runs (a: raw residuals, b: final norm on the last layer), with the
+// reference's json for that run, ref[m][analysis]["raw" | "final"].
+void ForRawAndFinal(const std::string& m, const char* analysis,
+                    const std::function<void(const job::LayerResult&, const json&, int, const std::string&, bool)>& check) {
+  for (auto [sink, key] : {std::pair{&F->a, "raw"}, std::pair{&F->b, "final"}}) {
+    const json& r = F->ref[m][analysis][key];
+    const auto layers = sink->Layers(m);
+    for (int l = 0; l < kLayers; ++l)
+      check(layers[l], r, l, absl::StrCat(m, " ", key, " L", l), std::string(key) == "final");
+  }
+}
+
 TEST_F(Reference, ResidualStatsAndSpikeLayers) {
   const auto summary = F->a.All<job::Summary>()[0];
   for (size_t mi = 0; mi < F->models.size(); ++mi) {
     const std::string& m = F->models[mi].name;
-    for (auto [sink, key] : {std::pair{&F->a, "raw"}, std::pair{&F->b, "final"}}) {
-      const json& r = F->ref[m]["residual"][key];
-      const auto layers = sink->Layers(m);
-      for (int l = 0; l < kLayers; ++l) {
-        const auto& rs = *layers[l].residual_stats;
-        const std::string what = absl::StrCat(m, " ", key, " L", l);
-        CheckStat(rs.bos_norm, r["bos_norm"][l], what + " bos_norm");
-        CheckStat(rs.mean_other_norm, r["mean_other_norm"][l], what + " other");
-        CheckStat(rs.ratio, r["ratio"][l], what + " ratio");
-        EXPECT_EQ(rs.post_final_norm, std::string(key) == "final" && l == kLayers - 1);
-      }
-    }
+    ForRawAndFinal(m, "residual", [](const job::LayerResult& lr, const json& r, int l, const std::string& what, bool fin) {
+      const auto& rs = *lr.residual_stats;
+      CheckStat(rs.bos_norm, r["bos_norm"][l], what + " bos_norm");
+      CheckStat(rs.mean_other_norm, r["mean_other_norm"][l], what + " other");
+      CheckStat(rs.ratio, r["ratio"][l], what + " ratio");
+      EXPECT_EQ(rs.post_final_norm, fin && l == kLayers - 1);
+    });
     const auto& mt = summary.models[mi].metrics;
     EXPECT_EQ(mt.at("bos_spike_layer.argmax_ratio"), F->ref[m]["residual"]["raw"]["spike_ratio"].get<int>());
     EXPECT_EQ(mt.at("bos_spike_layer.argmax_jump"), F->ref[m]["residual"]["raw"]["spike_jump"].get<int>());
@@ -353,20 +361,13 @@ TEST_F(Reference, ResidualStatsAndSpikeLayers) {
 }
 
 TEST_F(Reference, MatrixEntropy) {
-  for (const auto& mh : F->models) {
-    const std::string& m = mh.name;
-    for (auto [sink, key] : {std::pair{&F->a, "raw"}, std::pair{&F->b, "final"}}) {
-      const json& r = F->ref[m]["entropy"][key];
-      const auto layers = sink->Layers(m);
-      for (int l = 0; l < kLayers; ++l) {
-        const auto& e = *layers[l].matrix_entropy;
-        const std::string what = absl::StrCat(m, " ", key, " L", l);
-        CheckStat(e.entropy, r["entropy"][l], what + " entropy");
-        CheckStat(e.anisotropy, r["anisotropy"][l], what + " anisotropy");
-        CheckStat(e.normalized_entropy, r["normalized"][l], what + " normalized");
-      }
-    }
-  }
+  for (const auto& mh : F->models)
+    ForRawAndFinal(mh.name, "entropy", [](const job::LayerResult& lr, const json& r, int l, const std::string& what, bool) {
+      const auto& e = *lr.matrix_entropy;
+      CheckStat(e.entropy, r["entropy"][l], what + " entropy");
+      CheckStat(e.anisotropy, r["anisotropy"][l], what + " anisotropy");
+      CheckStat(e.normalized_entropy, r["normalized"][l], what + " normalized");
+    });
 }
 
 TEST_F(Reference, PerplexityAndEveryIntervention) {

@@ -365,10 +365,24 @@ TEST(Runner, BadParametersGiveClearErrors) {
     p.interventions = {std::move(iv)};
     return p;
   };
-  auto edit = [](std::string hook) {
+  auto edit = [](std::string hook, std::vector<int32_t> heads = {}, std::vector<int32_t> dims = {}) {
     job::ActivationEdit e;
     e.hook = std::move(hook);
+    e.heads = std::move(heads);
+    e.dims = std::move(dims);
     return e;
+  };
+  // A spec whose only analysis is perplexity under one edit.
+  auto with_edit = [&](job::ActivationEdit e) {
+    return [&ppl_with, e](JS* s, RL*, MH*) { s->analyses = {ppl_with({"", std::vector<job::ActivationEdit>{e}})}; };
+  };
+  // A spec whose only analysis is activation statistics at `hooks`.
+  auto stats_at = [](std::vector<std::string> hooks) {
+    return [hooks](JS* s, RL*, MH*) {
+      job::ActivationStatsSpec a;
+      a.hooks = hooks;
+      s->analyses = {a};
+    };
   };
   const absl::StatusCode kInv = absl::StatusCode::kInvalidArgument;
   std::vector<BadCase> cases = {
@@ -385,27 +399,10 @@ TEST(Runner, BadParametersGiveClearErrors) {
          s->analyses = {m};
        },
        kInv, "analyses[0].massive_values.top_k"},
-      {"unknown hook",
-       [](JS* s, RL*, MH*) {
-         job::ActivationStatsSpec a;
-         a.hooks = {"blocks.0.hook_resid_post", "blocks.0.hook_nonsense"};
-         s->analyses = {a};
-       },
-       kInv, "analyses[0].activation_stats.hooks[1]: unknown hook name \"blocks.0.hook_nonsense\""},
-      {"hook layer",
-       [](JS* s, RL*, MH*) {
-         job::ActivationStatsSpec a;
-         a.hooks = {"blocks.7.hook_resid_post"};
-         s->analyses = {a};
-       },
-       kInv, "layer 7 is out of range [0, 3)"},
-      {"pattern stats",
-       [](JS* s, RL*, MH*) {
-         job::ActivationStatsSpec a;
-         a.hooks = {"blocks.{L}.attn.hook_pattern"};
-         s->analyses = {a};
-       },
-       kInv, "observe-only"},
+      {"unknown hook", stats_at({"blocks.0.hook_resid_post", "blocks.0.hook_nonsense"}), kInv,
+       "analyses[0].activation_stats.hooks[1]: unknown hook name \"blocks.0.hook_nonsense\""},
+      {"hook layer", stats_at({"blocks.7.hook_resid_post"}), kInv, "layer 7 is out of range [0, 3)"},
+      {"pattern stats", stats_at({"blocks.{L}.attn.hook_pattern"}), kInv, "observe-only"},
       {"bos layer",
        [&](JS* s, RL*, MH*) {
          job::BosMlpAblation b;
@@ -427,25 +424,10 @@ TEST(Runner, BadParametersGiveClearErrors) {
          s->analyses = {ppl_with({"", t})};
        },
        kInv, "top_per_head.k: 9 not in [1, head_dim=8]"},
-      {"edit dims",
-       [&](JS* s, RL*, MH*) {
-         auto e = edit("blocks.0.attn.hook_q");
-         e.dims = {8};
-         s->analyses = {ppl_with({"", std::vector<job::ActivationEdit>{e}})};
-       },
-       kInv, "edits[0].dims: 8 out of range [0, 8)"},
-      {"edit heads",
-       [&](JS* s, RL*, MH*) {
-         auto e = edit("blocks.0.hook_mlp_out");
-         e.heads = {0};
-         s->analyses = {ppl_with({"", std::vector<job::ActivationEdit>{e}})};
-       },
-       kInv, "edits[0].heads: \"blocks.0.hook_mlp_out\" has no head axis"},
-      {"edit pattern",
-       [&](JS* s, RL*, MH*) {
-         s->analyses = {ppl_with({"", std::vector<job::ActivationEdit>{edit("blocks.0.attn.hook_pattern")}})};
-       },
-       kInv, "edits[0].hook"},
+      {"edit dims", with_edit(edit("blocks.0.attn.hook_q", {}, {8})), kInv, "edits[0].dims: 8 out of range [0, 8)"},
+      {"edit heads", with_edit(edit("blocks.0.hook_mlp_out", {0})), kInv,
+       "edits[0].heads: \"blocks.0.hook_mlp_out\" has no head axis"},
+      {"edit pattern", with_edit(edit("blocks.0.attn.hook_pattern")), kInv, "edits[0].hook"},
       {"qk lambda",
        [&](JS* s, RL*, MH*) {
          job::QkMassiveDisruption q;

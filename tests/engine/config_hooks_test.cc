@@ -133,40 +133,31 @@ TEST(Config, BadFieldsNameTheField) {
   j["num_attention_heads"] = 7;
   j.erase("num_key_value_heads");
   ExpectInvalid(j, "num_attention_heads (7) does not divide hidden_size (4096)");
-  j = Llama2Config();
-  j["num_key_value_heads"] = 5;
-  ExpectInvalid(j, "num_key_value_heads (5) does not divide num_attention_heads (32)");
-  j = Llama2Config();
-  j["rope_scaling"] = json::parse(R"({"type": "linear", "factor": 2.0})");
-  ExpectInvalid(j, "rope_scaling");
-  j = Llama2Config();
-  j["head_dim"] = 127;
-  ExpectInvalid(j, "head_dim");
-  j = Llama2Config();
-  j["rms_norm_eps"] = -1;
-  ExpectInvalid(j, "rms_norm_eps");
-  j = Llama2Config();
-  j["rope_theta"] = "big";
-  ExpectInvalid(j, "rope_theta");
-  j = Llama2Config();
-  j["attention_bias"] = true;
-  ExpectInvalid(j, "attention_bias");
-  j = Llama2Config();
-  j["hidden_act"] = "gelu";
-  ExpectInvalid(j, "hidden_act");
-  j = Llama2Config();
-  j["torch_dtype"] = "float64";
-  ExpectInvalid(j, "torch_dtype");
-  j = Llama2Config();
-  j["eos_token_id"] = 32000;
-  ExpectInvalid(j, "eos_token_id");
-  j = Llama2Config();
-  j["model_type"] = "llama_drope";
-  j["softmax_scale"] = 0;
-  ExpectInvalid(j, "softmax_scale");
-  j = Llama2Config();
-  j["tie_word_embeddings"] = "yes";
-  ExpectInvalid(j, "tie_word_embeddings");
+  // One bad field (over the Llama-2 config, or a DroPE one) -> an error naming it.
+  struct Case {
+    bool drope;
+    const char* field;
+    json value;
+    const char* needle;
+  };
+  for (const Case& c : std::vector<Case>{
+           {false, "num_key_value_heads", 5, "num_key_value_heads (5) does not divide num_attention_heads (32)"},
+           {false, "rope_scaling", json::parse(R"({"type": "linear", "factor": 2.0})"), "rope_scaling"},
+           {false, "head_dim", 127, "head_dim"},
+           {false, "rms_norm_eps", -1, "rms_norm_eps"},
+           {false, "rope_theta", "big", "rope_theta"},
+           {false, "attention_bias", true, "attention_bias"},
+           {false, "hidden_act", "gelu", "hidden_act"},
+           {false, "torch_dtype", "float64", "torch_dtype"},
+           {false, "eos_token_id", 32000, "eos_token_id"},
+           {true, "softmax_scale", 0, "softmax_scale"},
+           {false, "tie_word_embeddings", "yes", "tie_word_embeddings"},
+       }) {
+    j = Llama2Config();
+    if (c.drope) j["model_type"] = "llama_drope";
+    j[c.field] = c.value;
+    ExpectInvalid(j, c.needle);
+  }
 }
 
 TEST(Config, LoadFromMissingDirIsNotFound) {

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/model/safetensors.h"
+#include "common/util/file.h"
 #include "nlohmann/json.hpp"
 
 namespace sinkscope::testing {
@@ -122,15 +123,13 @@ std::string CopyDir(const std::string& src, const std::string& dst) {
 }
 
 std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  absl::StatusOr<std::string> bytes = util::ReadFile(path);
+  return bytes.ok() ? *bytes : std::string();
 }
 
 void WriteFile(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  const absl::Status st = util::WriteFileAtomic(path, bytes);
+  EXPECT_TRUE(st.ok()) << st;
 }
 
 const std::string& TestDevice() {

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -25,6 +26,7 @@
 #include "common/tokenizer/sentencepiece_model.pb.h"
 #include "common/tokenizer/sentencepiece_tokenizer.h"
 #include "common/tokenizer/tokenizer.h"
+#include "common/util/file.h"
 #include "common/util/sha256.h"
 
 namespace sinkscope::tokenizer {
@@ -71,15 +73,12 @@ std::string ShowIds(const Tokenizer& tok, const std::vector<int32_t>& ids) {
 }
 
 std::string ReadBytes(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  absl::StatusOr<std::string> bytes = sinkscope::util::ReadFile(path);
+  return bytes.ok() ? *bytes : std::string();
 }
 
 void WriteBytes(const std::string& path, const std::string& data) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << data;
+  ASSERT_TRUE(sinkscope::util::WriteFileAtomic(path, data).ok()) << path;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -124,24 +123,32 @@ const std::vector<std::string> kModels = {"shipped", "identity_bytes", "identity
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {};
 
+// Runs `mismatch(case)` over the goldens of `kind` for `model`; it returns a description of a mismatch, or
+// "" when ours agrees. The first 8 mismatches are reported; at least `min_cases` cases must exist.
+void CheckGoldens(const std::string& model, const char* kind, int min_cases,
+                  const std::function<std::string(const json&)>& mismatch) {
+  int cases = 0, mismatches = 0;
+  for (const json& c : Goldens::Get()[kind]) {
+    if (c["model"] != model) continue;
+    ++cases;
+    const std::string why = mismatch(c);
+    if (!why.empty() && ++mismatches <= 8) ADD_FAILURE() << model << ": " << why;
+  }
+  EXPECT_EQ(mismatches, 0) << "of " << cases << " " << kind << " cases";
+  EXPECT_GT(cases, min_cases);
+}
+
 TEST_P(GoldenTest, EncodeMatchesSentencepiece) {
   const auto tok = Model(GetParam());
   ASSERT_NE(tok, nullptr);
-  int cases = 0, mismatches = 0;
-  for (const json& c : Goldens::Get()["encode"]) {
-    if (c["model"] != GetParam()) continue;
-    ++cases;
+  CheckGoldens(GetParam(), "encode", 500, [&](const json& c) -> std::string {
     const std::string text = FromHex(c["text"]);
     const std::vector<int32_t> want = c["ids"].get<std::vector<int32_t>>();
     const std::vector<int32_t> got = tok->Encode(text, /*add_bos=*/false);
-    if (got != want && ++mismatches <= 8) {
-      ADD_FAILURE() << GetParam() << ": text \"" << Show(text) << "\"\n  normalized \""
-                    << Show(tok->Normalize(text)) << "\"\n  sentencepiece " << ShowIds(*tok, want)
-                    << "\n  ours          " << ShowIds(*tok, got);
-    }
-  }
-  EXPECT_EQ(mismatches, 0) << "of " << cases << " cases";
-  EXPECT_GT(cases, 500);
+    if (got == want) return "";
+    return absl::StrCat("text \"", Show(text), "\"\n  normalized \"", Show(tok->Normalize(text)),
+                        "\"\n  sentencepiece ", ShowIds(*tok, want), "\n  ours          ", ShowIds(*tok, got));
+  });
 }
 
 TEST_P(GoldenTest, EncodeWithBosPrependsBosOnly) {
@@ -159,23 +166,17 @@ TEST_P(GoldenTest, EncodeWithBosPrependsBosOnly) {
 TEST_P(GoldenTest, DecodeMatchesSentencepiece) {
   const auto tok = Model(GetParam());
   ASSERT_NE(tok, nullptr);
-  int cases = 0, mismatches = 0;
-  for (const json& c : Goldens::Get()["decode"]) {
-    if (c["model"] != GetParam()) continue;
-    ++cases;
+  CheckGoldens(GetParam(), "decode", 300, [&](const json& c) -> std::string {
     const std::vector<int32_t> ids = c["ids"].get<std::vector<int32_t>>();
     const std::string want = FromHex(c["text"]);
     const std::string got = tok->Decode(ids);
-    if (got != want && ++mismatches <= 8) {
-      ADD_FAILURE() << GetParam() << ": ids " << ShowIds(*tok, ids) << "\n  sentencepiece \"" << Show(want)
-                    << "\"\n  ours          \"" << Show(got) << "\"";
-    }
     auto strict = tok->TryDecode(ids);
-    ASSERT_TRUE(strict.ok()) << strict.status();
-    EXPECT_EQ(*strict, got);
-  }
-  EXPECT_EQ(mismatches, 0) << "of " << cases << " cases";
-  EXPECT_GT(cases, 300);
+    if (!strict.ok()) return absl::StrCat("ids ", ShowIds(*tok, ids), ": TryDecode failed: ", strict.status().ToString());
+    if (*strict != got) return absl::StrCat("ids ", ShowIds(*tok, ids), ": TryDecode and Decode differ");
+    if (got == want) return "";
+    return absl::StrCat("ids ", ShowIds(*tok, ids), "\n  sentencepiece \"", Show(want), "\"\n  ours          \"",
+                        Show(got), "\"");
+  });
 }
 
 TEST_P(GoldenTest, MetadataAndVocabularyMatch) {

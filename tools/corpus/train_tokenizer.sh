@@ -11,11 +11,8 @@
 # Environment: VOCAB_SIZE (default 4096), SPM_TRAIN (default spm_train), TOKENIZER_OUT (default models/tokenizer).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-
-SPM_TRAIN="${SPM_TRAIN:-spm_train}"
-VOCAB_SIZE="${VOCAB_SIZE:-4096}"
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+: "${SPM_TRAIN:=spm_train}" "${VOCAB_SIZE:=4096}"
 OUT="${TOKENIZER_OUT:-models/tokenizer}"
 INPUT=build/corpus/brown-train.txt     # relative: the path is recorded in trainer_spec.input
 PREFIX=build/tokenizer/tokenizer       # relative: recorded in trainer_spec.model_prefix

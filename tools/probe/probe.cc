@@ -25,6 +25,8 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/str_split.h"
+#include "common/analysis/activation_stats.h"
 #include "common/model/hooks.h"
 #include "common/model/llama.h"
 #include "common/model/runtime.h"
@@ -80,26 +82,6 @@ bool WriteSafetensors(const std::string& path, const std::vector<std::pair<std::
   return true;
 }
 
-// "blocks.{L}.x" -> blocks.0.x ... blocks.{n-1}.x; other names as they are.
-std::vector<std::string> ExpandHooks(const std::string& csv, int64_t n_layers) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= csv.size()) {
-    size_t end = csv.find(',', start);
-    if (end == std::string::npos) end = csv.size();
-    std::string h = csv.substr(start, end - start);
-    start = end + 1;
-    if (h.empty()) continue;
-    size_t p = h.find("{L}");
-    if (p == std::string::npos) {
-      out.push_back(h);
-    } else {
-      for (int64_t l = 0; l < n_layers; ++l) out.push_back(h.substr(0, p) + std::to_string(l) + h.substr(p + 3));
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -145,7 +127,9 @@ int main(int argc, char** argv) {
   }
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
   const sinkscope::model::LlamaConfig& cfg = (*model)->config();
-  const std::vector<std::string> names = ExpandHooks(hooks, cfg.num_hidden_layers);
+  // "blocks.{L}.x" -> blocks.0.x ... blocks.{n-1}.x, as activation statistics expand them.
+  const std::vector<std::string> names = sinkscope::analysis::ExpandHooks(
+      absl::StrSplit(hooks, ',', absl::SkipEmpty()), cfg.num_hidden_layers);
   for (const std::string& n : names) {
     absl::Status s = sinkscope::model::ValidateHookName(n, cfg.num_hidden_layers);
     if (!s.ok()) {

@@ -13,13 +13,8 @@
 #   RESUME=0        1: continue interrupted stages from build/train/<stage>/checkpoint instead of starting over
 #   OUT=models      where tiny-rope/ and tiny-drope/ are written
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-SEED="${SEED:-0}"
-THREADS="${THREADS:-1}"
-BUILD="${BUILD:-build-train}"
-RESUME="${RESUME:-0}"
-OUT="${OUT:-models}"
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+: "${SEED:=0}" "${THREADS:=1}" "${BUILD:=build-train}" "${RESUME:=0}" "${OUT:=models}"
 
 # ---- the recipe (models/README.md explains the choices)
 MODEL=(--layers 6 --hidden 128 --heads 4 --kv-heads 4 --intermediate 344 --rope-theta 10000)

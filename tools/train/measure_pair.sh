@@ -6,12 +6,8 @@
 # Environment: BIN=build (a build directory that has server/sinkscoped and client/sinkscope), OUT=build/train/metrics,
 #              PROMPTS=64 (first N brown-heldout paragraphs), TOKENS=128 (truncation, BOS included).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-BIN="${BIN:-build}"
-OUT="${OUT:-build/train/metrics}"
-PROMPTS="${PROMPTS:-64}"
-TOKENS="${TOKENS:-128}"
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+: "${BIN:=build}" "${OUT:=build/train/metrics}" "${PROMPTS:=64}" "${TOKENS:=128}"
 mkdir -p "$OUT"
 for b in "$BIN/server/sinkscoped" "$BIN/client/sinkscope"; do
   [[ -x $b ]] || { echo "measure_pair: $b not built" >&2; exit 1; }

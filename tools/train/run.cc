@@ -18,10 +18,8 @@
 
 namespace sinkscope::train {
 namespace fs = std::filesystem;
-using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
 using model::LlamaConfig;
-using model::LlamaWeights;
 
 namespace {
 
