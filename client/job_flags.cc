@@ -55,7 +55,12 @@ void AddJobFlags(CLI::App* app, JobFlags* f) {
   g->add_option("--ablate-heads", f->ablate_heads, "Head ablation perplexity, heads as L:H (comma-separated)")
       ->delimiter(',');
   g->add_option("--stats", f->stats_hooks, "Activation statistics at hook points (e.g. 'blocks.{L}.hook_resid_post')");
-  g->add_option("--spec", f->spec_file, "JobSpec as JSON (protobuf JSON mapping); -m overrides its models");
+  g->add_option("--spec", f->spec_file,
+                "JobSpec JSON (examples/specs/); -m, --per-prompt, --label override it");
+  auto* o = app->add_option_group("outputs");
+  o->add_flag("--per-prompt", f->per_prompt,
+              "Also each prompt's own per-layer metrics and perplexity (not only means over prompts)");
+  o->add_flag("--emit-token-ids", f->emit_token_ids, "Also each prompt's token ids as run (implies --per-prompt)");
   app->add_option("--priority", f->priority, "Priority in [-10,10] (higher first)");
   app->add_option("--deadline", f->deadline, "Cancel the job if not done after this many seconds");
   app->add_option("--label", f->label, "Free-text label stored with the job");
@@ -68,13 +73,13 @@ absl::Status Bad(const std::string& flag, const std::string& why) {
   return absl::InvalidArgumentError(absl::StrCat(flag, ": ", why));
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
+absl::StatusOr<std::string> ReadFile(const std::string& flag, const std::string& path) {
   std::stringstream ss;
   if (path == "-") {
     ss << std::cin.rdbuf();
   } else {
     std::ifstream in(path);
-    if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+    if (!in) return Bad(flag, absl::StrCat("cannot read ", path));
     ss << in.rdbuf();
   }
   return ss.str();
@@ -99,7 +104,7 @@ absl::StatusOr<Enum> Choice(const std::string& flag, const std::string& value, E
 absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
   v1::JobSpec spec;
   if (!f.spec_file.empty()) {
-    absl::StatusOr<std::string> text = ReadFile(f.spec_file);
+    absl::StatusOr<std::string> text = ReadFile("--spec", f.spec_file);
     if (!text.ok()) return text.status();
     google::protobuf::util::JsonParseOptions o;
     auto st = google::protobuf::util::JsonStringToMessage(*text, &spec, o);
@@ -108,6 +113,9 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
       spec.clear_models();
       for (const auto& m : f.models) spec.add_models(m);
     }
+    if (f.per_prompt || f.emit_token_ids) spec.set_per_prompt(true);
+    if (f.emit_token_ids) spec.set_emit_token_ids(true);
+    if (!f.label.empty()) spec.set_label(f.label);
     return spec;
   }
   if (f.models.empty()) return Bad("--model", "at least one model is required");
@@ -119,7 +127,7 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
   if (!f.texts.empty()) {
     for (const auto& t : f.texts) in->mutable_texts()->add_texts(t);
   } else if (!f.texts_file.empty()) {
-    absl::StatusOr<std::string> text = ReadFile(f.texts_file);
+    absl::StatusOr<std::string> text = ReadFile("--texts-file", f.texts_file);
     if (!text.ok()) return text.status();
     for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipWhitespace()))
       in->mutable_texts()->add_texts(std::string(line));
@@ -137,7 +145,8 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
     }
   }
   in->set_max_prompts(f.max_prompts);
-  spec.mutable_limits()->set_max_tokens(f.max_tokens);
+  // Unset unless given: an empty Limits message would change the spec's fingerprint (batch resumes compare them).
+  if (f.max_tokens > 0) spec.mutable_limits()->set_max_tokens(f.max_tokens);
 
   const bool any = f.phase || f.sink_rate || f.massive || f.residual || f.entropy || f.perplexity ||
                    !f.bos_mlp.empty() || f.qk_disruption || f.top_per_head > 0 || !f.ablate_heads.empty() ||
@@ -182,6 +191,9 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
     for (const auto& h : f.stats_hooks) a->add_hooks(h);
     a->set_top_k(f.top_k);
   }
+  if (!f.qk_disruption && !f.control_seeds.empty())
+    return Bad("--control-seeds", "only with --qk-disruption (random controls of the disrupted dims)");
+  if (!f.qk_disruption && !f.qk_replacement.empty()) return Bad("--qk-replacement", "only with --qk-disruption");
   std::vector<std::string> bos = f.bos_mlp;
   if (f.phase && bos.empty()) bos.push_back("spike");
   if (f.phase || f.perplexity || !bos.empty() || f.qk_disruption || f.top_per_head > 0 || !f.ablate_heads.empty()) {
@@ -191,12 +203,10 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
       auto* iv = p->add_interventions();
       if (b == "spike" || b == "jump") {  // spike layer by largest BOS norm ratio (study) or largest jump
         iv->mutable_bos_mlp()->set_spike(b == "spike" ? v1::SPIKE_RULE_ARGMAX_RATIO : v1::SPIKE_RULE_ARGMAX_JUMP);
-        iv->set_label("bos_mlp@" + b);
       } else {
         int32_t layer;
         if (!absl::SimpleAtoi(b, &layer) || layer < 0) return Bad("--bos-mlp", absl::StrCat("'", b, "' is not spike, jump or a layer"));
         iv->mutable_bos_mlp()->set_layer(layer);
-        iv->set_label(absl::StrCat("bos_mlp@", layer));
       }
     }
     if (f.qk_disruption) {
@@ -210,12 +220,10 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
       if (!replacement.ok()) return replacement.status();
       q->set_replacement(*replacement);
       for (uint64_t s : f.control_seeds) q->add_control_seeds(s);
-      iv->set_label("qk_massive");
     }
     if (f.top_per_head > 0) {
       auto* iv = p->add_interventions();
       iv->mutable_top_per_head()->set_k(f.top_per_head);
-      iv->set_label(absl::StrCat("top", f.top_per_head, "_per_head"));
     }
     if (!f.ablate_heads.empty()) {
       auto* iv = p->add_interventions();
@@ -228,14 +236,69 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
         r->set_layer(l);
         r->set_head(hd);
       }
-      iv->set_label("heads");
     }
   }
   spec.set_priority(f.priority);
   spec.set_deadline_seconds(f.deadline);
   spec.set_label(f.label);
   spec.set_seed(f.seed);
+  spec.set_per_prompt(f.per_prompt || f.emit_token_ids);
+  spec.set_emit_token_ids(f.emit_token_ids);
   return spec;
+}
+
+absl::StatusOr<std::vector<std::string>> SplitWords(const std::string& line) {
+  std::vector<std::string> words;
+  std::string cur;
+  bool in_word = false;
+  char quote = 0;
+  for (size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (quote == '\'') {
+      if (c == '\'') quote = 0;
+      else cur += c;
+    } else if (quote == '"') {
+      if (c == '"') quote = 0;
+      else if (c == '\\' && i + 1 < line.size() && std::string("\"\\$`").find(line[i + 1]) != std::string::npos)
+        cur += line[++i];
+      else cur += c;
+    } else if (c == '\'' || c == '"') {
+      quote = c;
+      in_word = true;
+    } else if (c == '\\' && i + 1 < line.size()) {
+      cur += line[++i];
+      in_word = true;
+    } else if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+      if (in_word) words.push_back(cur);
+      cur.clear();
+      in_word = false;
+    } else {
+      cur += c;
+      in_word = true;
+    }
+  }
+  if (quote) return absl::InvalidArgumentError(absl::StrCat("unterminated ", std::string(1, quote), " quote"));
+  if (in_word) words.push_back(cur);
+  return words;
+}
+
+absl::StatusOr<v1::JobSpec> ParseJobArgs(const std::vector<std::string>& args, const std::string& base_dir) {
+  CLI::App app{"job"};
+  JobFlags f;
+  AddJobFlags(&app, &f);
+  std::vector<std::string> rev(args.rbegin(), args.rend());  // CLI11 parses a reversed vector
+  if (!rev.empty() && (rev.back() == "run" || rev.back() == "submit")) rev.pop_back();
+  try {
+    app.parse(rev);
+  } catch (const CLI::ParseError& e) {
+    return absl::InvalidArgumentError(e.what());
+  }
+  auto rebase = [&](std::string* path) {
+    if (!base_dir.empty() && !path->empty() && *path != "-" && (*path)[0] != '/') *path = base_dir + "/" + *path;
+  };
+  rebase(&f.spec_file);
+  rebase(&f.texts_file);
+  return BuildJobSpec(f);
 }
 
 }  // namespace sinkscope::client

@@ -45,7 +45,10 @@ struct JobFlags {
   int top_per_head = 0;
   std::vector<std::string> ablate_heads;  // "L:H"
   std::vector<std::string> stats_hooks;
-  std::string spec_file;  // JobSpec JSON (protobuf JSON mapping); other job flags then only override models
+  std::string spec_file;  // JobSpec JSON (protobuf JSON mapping); -m, --per-prompt, --emit-token-ids, --label override
+  // outputs
+  bool per_prompt = false;      // each prompt's own per-layer metrics and perplexities (PromptResult events)
+  bool emit_token_ids = false;  // and its token ids (implies per_prompt)
   // scheduling
   int priority = 0;
   double deadline = 0;
@@ -55,7 +58,15 @@ struct JobFlags {
 
 // Registers the job flags on a CLI11 (sub)command.
 void AddJobFlags(CLI::App* app, JobFlags* f);
-// Builds the JobSpec; InvalidArgument naming the flag on bad combinations.
+// Builds the JobSpec; InvalidArgument naming the flag on bad combinations. Intervention labels are left to the
+// server, which generates the documented ones (bos_mlp@spike, bos_mlp@jump, bos_mlp@L2, qk_massive, top1_per_head,
+// head_ablation; docs/analyses.md).
 absl::StatusOr<sinkscope::v1::JobSpec> BuildJobSpec(const JobFlags& f);
+// A job given as command-line words (a batch file's CLI-style line: "-m tiny-rope -d brown-heldout --sink-rate");
+// relative --spec and --texts-file paths are taken relative to `base_dir`.
+absl::StatusOr<sinkscope::v1::JobSpec> ParseJobArgs(const std::vector<std::string>& args,
+                                                    const std::string& base_dir = "");
+// Splits a command line into words the way a POSIX shell would for quotes and backslashes (no expansions).
+absl::StatusOr<std::vector<std::string>> SplitWords(const std::string& line);
 
 }  // namespace sinkscope::client

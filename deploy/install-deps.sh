@@ -17,6 +17,12 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   # independent numerical references used by tests (python3-torch shares libtorch's kernels but not our code)
   python3 python3-torch python3-numpy python3-sentencepiece sentencepiece
+  # client: figures (sinkscope plot, run --plot), test PNGs (zlib), TLS test certificates (openssl)
+  gnuplot-nox zlib1g-dev openssl
+  # python client (python/): grpcio 1.51 and protobuf runtimes (stubs come from protoc + grpc_python_plugin of
+  # protobuf-compiler-grpc at build time; Debian's python3-grpc-tools is gRPC 1.14, too old), DataFrames, the
+  # matplotlib example
+  python3-grpcio python3-protobuf python3-pandas python3-matplotlib
   # process helpers used by demo/test scripts
   procps curl
 )

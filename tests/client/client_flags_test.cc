@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <sstream>
 
 #include "client/job_flags.h"
 #include "client/render.h"
@@ -90,25 +91,54 @@ TEST(ClientFlags, SpecFileJsonAndModelOverride) {
   EXPECT_FALSE(BuildJobSpec(f).ok());
 }
 
-TEST(ClientRender, FlattenAndCsv) {
+TEST(ClientFlags, LabelsAreLeftToTheServerAndPerPromptFlags) {
+  JobFlags f;
+  f.models = {"m"};
+  f.texts = {"x"};
+  f.bos_mlp = {"spike", "2"};
+  f.qk_disruption = true;
+  f.top_per_head = 1;
+  f.ablate_heads = {"0:1"};
+  f.emit_token_ids = true;
+  auto s = BuildJobSpec(f);
+  ASSERT_TRUE(s.ok()) << s.status();
+  // The server generates the documented labels (bos_mlp@spike, bos_mlp@L2, qk_massive, top1_per_head,
+  // head_ablation); the client used to send "bos_mlp@2" and "heads".
+  for (const auto& iv : s->analyses(0).perplexity().interventions()) EXPECT_EQ(iv.label(), "");
+  EXPECT_TRUE(s->per_prompt());  // implied by --emit-token-ids
+  EXPECT_TRUE(s->emit_token_ids());
+  f.qk_disruption = false;
+  f.control_seeds = {42};
+  EXPECT_NE(BuildJobSpec(f).status().message().find("--control-seeds"), std::string::npos);
+}
+
+TEST(ClientFlags, CliStyleWordsForBatchFiles) {
+  auto s = sinkscope::client::ParseJobArgs({"run", "-m", "a,b", "-t", "It was.", "--sink-rate", "--per-prompt"});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->models_size(), 2);
+  EXPECT_TRUE(s->per_prompt());
+  auto bad = sinkscope::client::ParseJobArgs({"-m", "a", "--frobnicate"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("frobnicate"), std::string::npos);
+}
+
+TEST(ClientRender, CsvAndJsonOfALayerEvent) {
   v1::JobEvent ev;
+  ev.set_job_id("j-1");
   auto* l = ev.mutable_layer();
   l->set_model("m,1");
-  l->set_layer(2);
-  l->mutable_sink_rate()->mutable_sink_rate()->set_mean(0.75);
+  l->set_layer(0);
+  l->mutable_sink_rate()->mutable_sink_rate()->set_mean(0.71875);
   l->mutable_residual_stats()->mutable_bos_norm()->set_mean(12.5);
-  auto flat = sinkscope::client::FlattenLayer(*l);
-  ASSERT_GE(flat.size(), 3u);
-  EXPECT_EQ(flat[0].first, "sink_rate");
-  EXPECT_DOUBLE_EQ(flat[0].second, 0.75);
   std::ostringstream out;
-  sinkscope::client::EventRenderer r(sinkscope::client::Format::kCsv, out, false);
+  sinkscope::client::EventRenderer r({sinkscope::client::Format::kCsv, false}, out);
   r.Render(ev);
-  EXPECT_NE(out.str().find("kind,model,layer,metric,value\n"), std::string::npos);
-  EXPECT_NE(out.str().find("layer,\"m,1\",2,sink_rate,0.7500\n"), std::string::npos) << out.str();
+  EXPECT_NE(out.str().find("job_id,kind,model,condition,prompt,layer,head,metric,value,text\n"), std::string::npos);
+  EXPECT_NE(out.str().find("j-1,layer,\"m,1\",baseline,,0,,sink_rate,0.71875,\n"), std::string::npos) << out.str();
   std::ostringstream js;
-  sinkscope::client::EventRenderer rj(sinkscope::client::Format::kJson, js, false);
+  sinkscope::client::EventRenderer rj({sinkscope::client::Format::kJson, false}, js);
   rj.Render(ev);
-  EXPECT_NE(js.str().find("\"sink_rate\""), std::string::npos) << js.str();
+  EXPECT_NE(js.str().find("\"layer\":0,"), std::string::npos) << js.str();  // defaults are printed
+  EXPECT_NE(js.str().find("\"seq\":\"0\""), std::string::npos) << js.str();
   EXPECT_EQ(js.str().back(), '\n');
 }
