@@ -13,6 +13,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   # libraries
   libabsl-dev libssl-dev libspdlog-dev prometheus-cpp-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev libsqlite3-dev
+  libcpp-httplib-dev                  # /metrics endpoint
   # tests
   libgtest-dev libgmock-dev
   # independent numerical references used by tests (python3-torch shares libtorch's kernels but not our code)

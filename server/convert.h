@@ -48,12 +48,13 @@ void ToProto(const job::Stat& s, sinkscope::v1::Stat* p);
 void ToProto(const job::LayerResult& r, sinkscope::v1::LayerResult* p);
 void ToProto(const job::PerplexityResult& r, sinkscope::v1::PerplexityResult* p);
 void ToProto(const job::Summary& s, sinkscope::v1::Summary* p);
+void ToProto(const job::PromptResult& r, sinkscope::v1::PromptResult* p);
 void ToProto(const job::Progress& s, sinkscope::v1::Progress* p);
 void ToProto(const job::Started& s, sinkscope::v1::Started* p);
 void ToProto(const job::Dataset& d, sinkscope::v1::DatasetInfo* p);
 // What the engine knows of a loaded model: architecture, geometry, dtype, device, digests, hook point templates.
-// Name, description, path and state are the registry's.
-void ToProto(const model::LlamaModel& m, const tokenizer::Tokenizer& tok, sinkscope::v1::ModelInfo* p);
+// Name, description, path and state are the registry's. `tok` may be null (no tokenizer: token-id jobs only).
+void ToProto(const model::LlamaModel& m, const tokenizer::Tokenizer* tok, sinkscope::v1::ModelInfo* p);
 
 // The limits every job obeys (the engine's) and the server's own, as ServerInfo reports them.
 void ToProto(const job::RunLimits& limits, int32_t max_queued_jobs, int32_t max_request_bytes,
@@ -69,6 +70,7 @@ class JobEventSink final : public job::EventSink {
   void OnProgress(const job::Progress& p) override;
   void OnLayer(const job::LayerResult& r) override;
   void OnPerplexity(const job::PerplexityResult& r) override;
+  void OnPrompt(const job::PromptResult& r) override;
   void OnSummary(const job::Summary& s) override;
 
  private:

@@ -82,6 +82,32 @@ void ToProto(const job::LayerResult& r, v1::LayerResult* p) {
   }
 }
 
+void ToProto(const job::PromptResult& r, v1::PromptResult* p) {
+  p->set_model(r.model);
+  p->set_prompt(r.prompt);
+  p->set_num_tokens(r.num_tokens);
+  p->mutable_token_ids()->Add(r.token_ids.begin(), r.token_ids.end());
+  for (const job::PromptLayer& l : r.layers) {
+    v1::PromptLayerMetrics* m = p->add_layers();
+    m->set_layer(l.layer);
+    if (l.sink_rate) m->set_sink_rate(*l.sink_rate);
+    m->mutable_head_scores()->Add(l.head_scores.begin(), l.head_scores.end());
+    if (l.bos_norm) m->set_bos_norm(*l.bos_norm);
+    if (l.mean_other_norm) m->set_mean_other_norm(*l.mean_other_norm);
+    if (l.bos_ratio) m->set_bos_ratio(*l.bos_ratio);
+    if (l.entropy) m->set_entropy(*l.entropy);
+    if (l.anisotropy) m->set_anisotropy(*l.anisotropy);
+    m->mutable_massive_counts()->Add(l.massive_counts.begin(), l.massive_counts.end());
+  }
+  for (const job::PromptPerplexity& c : r.perplexity) {
+    v1::PromptPerplexity* pp = p->add_perplexity();
+    pp->set_condition(c.condition);
+    pp->set_nll_sum(c.nll_sum);
+    pp->set_num_targets(c.num_targets);
+    pp->set_perplexity(c.perplexity);
+  }
+}
+
 void ToProto(const job::PerplexityResult& r, v1::PerplexityResult* p) {
   p->set_model(r.model);
   p->set_condition(r.condition);
@@ -108,6 +134,7 @@ void ToProto(const job::Summary& s, v1::Summary* p) {
     pm->set_num_prompts(m.num_prompts);
     pm->set_num_tokens(m.num_tokens);
     pm->set_num_forward_passes(m.num_forward_passes);
+    pm->set_truncated_prompts(m.truncated_prompts);
   }
   for (const auto& r : s.comparison) {
     auto* pr = p->add_comparison();
@@ -144,7 +171,7 @@ void ToProto(const job::Dataset& d, v1::DatasetInfo* p) {
   p->set_source(d.source);
 }
 
-void ToProto(const model::LlamaModel& m, const tokenizer::Tokenizer& tok, v1::ModelInfo* p) {
+void ToProto(const model::LlamaModel& m, const tokenizer::Tokenizer* tok, v1::ModelInfo* p) {
   const auto& c = m.config();
   p->set_architecture("LlamaForCausalLM");
   p->set_model_type(c.model_type);
@@ -164,7 +191,7 @@ void ToProto(const model::LlamaModel& m, const tokenizer::Tokenizer& tok, v1::Mo
   p->set_device(m.device());
   p->set_weight_bytes(m.weight_bytes());
   p->set_weights_digest(m.weights_digest());
-  p->set_tokenizer_digest(tok.digest());
+  if (tok != nullptr) p->set_tokenizer_digest(tok->digest());  // none: the model serves token-id jobs only
   p->set_attention_scale(c.attention_scale());
   p->set_rope_theta(c.rope_theta);
   // The names of a one-layer model, with its layer index turned into the {L} placeholder.
@@ -182,6 +209,7 @@ void JobEventSink::OnStarted(const job::Started& s) { Send(s, &v1::JobEvent::mut
 void JobEventSink::OnProgress(const job::Progress& p) { Send(p, &v1::JobEvent::mutable_progress); }
 void JobEventSink::OnLayer(const job::LayerResult& r) { Send(r, &v1::JobEvent::mutable_layer); }
 void JobEventSink::OnPerplexity(const job::PerplexityResult& r) { Send(r, &v1::JobEvent::mutable_perplexity); }
+void JobEventSink::OnPrompt(const job::PromptResult& r) { Send(r, &v1::JobEvent::mutable_prompt); }
 void JobEventSink::OnSummary(const job::Summary& s) { Send(s, &v1::JobEvent::mutable_summary); }
 
 void ToProto(const job::RunLimits& limits, int32_t max_queued_jobs, int32_t max_request_bytes, v1::ServerLimits* p) {
@@ -190,6 +218,8 @@ void ToProto(const job::RunLimits& limits, int32_t max_queued_jobs, int32_t max_
   p->set_max_queued_jobs(max_queued_jobs);
   p->set_max_request_bytes(max_request_bytes);
   p->set_pack_tokens(limits.pack_tokens);
+  p->set_max_tokens_per_job(limits.max_tokens_per_job);
+  p->set_max_planned_passes(limits.max_planned_passes);
 }
 
 }  // namespace sinkscope::server

@@ -1,4 +1,5 @@
 // v1::JobSpec <-> job::JobSpec (see convert.h). Structure only: the engine owns every range rule and default.
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -284,6 +285,10 @@ absl::StatusOr<job::JobSpec> FromProto(const v1::JobSpec& p) {
   }
   IfNonZero(p.limits().max_tokens(), &s.max_tokens);
   IfNonZero(p.seed(), &s.seed);
+  s.per_prompt = p.per_prompt();
+  s.emit_token_ids = p.emit_token_ids();
+  s.truncate_to_context = p.truncate_to_context();
+  s.no_cache = p.no_cache();
   return s;
 }
 
@@ -291,7 +296,10 @@ absl::StatusOr<ServerFields> ServerFieldsFromProto(const v1::JobSpec& p) {
   if (p.priority() < -10 || p.priority() > 10) return Bad("priority", absl::StrCat(p.priority(), " not in [-10,10]"));
   if (!(p.deadline_seconds() >= 0) || !std::isfinite(p.deadline_seconds()))
     return Bad("deadline_seconds", absl::StrCat(p.deadline_seconds(), " must be >= 0"));
-  return ServerFields{p.priority(), p.deadline_seconds(), p.label()};
+  // A deadline far in the future (1e10 s) overflows the clock's arithmetic and would count as already past: clamp it
+  // to 30 days, longer than any job should run, and store the clamped value.
+  constexpr double kMaxDeadline = 30.0 * 24 * 3600;
+  return ServerFields{p.priority(), std::min(p.deadline_seconds(), kMaxDeadline), p.label()};
 }
 
 namespace {
@@ -312,6 +320,10 @@ v1::JobSpec ToProto(const job::JobSpec& s, const ServerFields& server) {
   for (const auto& a : s.analyses) AnalysisTo(a, p.add_analyses());
   p.mutable_limits()->set_max_tokens(s.max_tokens);
   p.set_seed(s.seed);
+  p.set_per_prompt(s.per_prompt);
+  p.set_emit_token_ids(s.emit_token_ids);
+  p.set_truncate_to_context(s.truncate_to_context);
+  p.set_no_cache(s.no_cache);
   ServerFieldsTo(server, &p);
   return p;
 }

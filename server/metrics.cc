@@ -6,14 +6,9 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include <httplib.h>
 
-#include <atomic>
-#include <cstring>
+#include <chrono>
 #include <functional>
 #include <thread>
 
@@ -46,10 +41,9 @@ std::string CodeName(int code) {
 }
 }  // namespace
 
-// A minimal HTTP/1.1 responder for Prometheus scrapes: GET /metrics -> text exposition, anything else -> 404,
-// one connection at a time, Connection: close. prometheus-cpp's civetweb Exposer cannot be used: in a process that
-// also loads Debian's LibTorch, CivetServer construction fails after a successful bind (measured; see
-// docs/operations.md), so the endpoint is served here from plain sockets.
+// The /metrics endpoint: cpp-httplib's threaded server (a pool of workers, read/write timeouts, keep-alive), so an
+// idle or slow client never holds up a scrape. GET /metrics -> text exposition; any other path -> 404.
+// (prometheus-cpp's civetweb Exposer fails to construct in a process that also loads Debian's LibTorch.)
 class HttpEndpoint {
  public:
   static absl::StatusOr<std::unique_ptr<HttpEndpoint>> Start(const std::string& addr,
@@ -60,77 +54,37 @@ class HttpEndpoint {
       return absl::InvalidArgumentError(absl::StrCat("metrics_listen: '", addr, "' is not host:port"));
     std::string host = addr.substr(0, colon);
     if (host.empty() || host == "localhost") host = "127.0.0.1";
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(port));
-    if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1)
-      return absl::InvalidArgumentError(absl::StrCat("metrics_listen: '", host, "' is not an IPv4 address"));
-    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    const int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(fd, 16) != 0) {
-      const std::string err = strerror(errno);
-      if (fd >= 0) close(fd);
-      return absl::UnavailableError(absl::StrCat("metrics: cannot listen on ", addr, ": ", err));
-    }
-    socklen_t len = sizeof(a);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
     std::unique_ptr<HttpEndpoint> e(new HttpEndpoint());
-    e->fd_ = fd;
-    e->port_ = ntohs(a.sin_port);
-    e->body_ = std::move(body);
-    e->thread_ = std::thread([p = e.get()] { p->Loop(); });
+    httplib::Server& http = e->http_;
+    http.set_read_timeout(2, 0);
+    http.set_write_timeout(2, 0);
+    http.set_keep_alive_timeout(2);
+    http.Get("/metrics", [body = std::move(body)](const httplib::Request&, httplib::Response& res) {
+      res.set_content(body(), "text/plain; version=0.0.4; charset=utf-8");
+    });
+    // No SO_REUSEPORT (a second server on the port must fail): plain SO_REUSEADDR, as most servers do.
+    http.set_socket_options([](int fd) {
+      const int one = 1;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    });
+    e->port_ = port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);
+    if (e->port_ <= 0)
+      return absl::UnavailableError(absl::StrCat("metrics: cannot listen on ", addr, " (address in use or invalid)"));
+    e->thread_ = std::thread([p = e.get()] { p->http_.listen_after_bind(); });
+    // stop() only reaches a server that runs: wait for it, so that a quick destruction cannot hang the join.
+    for (int i = 0; i < 2000 && !http.is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     return e;
   }
   ~HttpEndpoint() {
-    stop_ = true;
+    http_.stop();
     if (thread_.joinable()) thread_.join();
-    close(fd_);
   }
   int port() const { return port_; }
 
  private:
   HttpEndpoint() = default;
-  void Loop() {
-    while (!stop_) {
-      pollfd p{fd_, POLLIN, 0};
-      if (poll(&p, 1, 100) <= 0) continue;
-      const int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
-      if (c < 0) continue;
-      timeval tv{2, 0};
-      setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-      setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-      std::string req;
-      char buf[2048];
-      while (req.find("\r\n\r\n") == std::string::npos && req.size() < 16384) {
-        const ssize_t n = recv(c, buf, sizeof(buf), 0);
-        if (n <= 0) break;
-        req.append(buf, static_cast<size_t>(n));
-      }
-      std::string status = "404 Not Found", type = "text/plain", body = "not found\n";
-      if (req.rfind("GET /metrics ", 0) == 0 || req.rfind("GET /metrics?", 0) == 0) {
-        status = "200 OK";
-        type = "text/plain; version=0.0.4; charset=utf-8";
-        body = body_();
-      } else if (req.rfind("GET ", 0) != 0) {
-        status = "405 Method Not Allowed";
-        body = "only GET /metrics\n";
-      }
-      const std::string resp = absl::StrCat("HTTP/1.1 ", status, "\r\nContent-Type: ", type,
-                                            "\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n\r\n", body);
-      size_t off = 0;
-      while (off < resp.size()) {
-        const ssize_t n = send(c, resp.data() + off, resp.size() - off, MSG_NOSIGNAL);
-        if (n <= 0) break;
-        off += static_cast<size_t>(n);
-      }
-      close(c);
-    }
-  }
-  int fd_ = -1;
+  httplib::Server http_;
   int port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::function<std::string()> body_;
   std::thread thread_;
 };
 

@@ -2,6 +2,7 @@
 // Holds engine handles only; never touches tensors.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <thread>
@@ -17,15 +18,16 @@ namespace sinkscope::server {
 
 class Registry {
  public:
-  explicit Registry(std::vector<ModelConfig> models);
-  ~Registry();
-
-  // Loads every model on a background thread, in config order.
-  void StartLoading();
-  // Blocks until every model is READY or FAILED.
-  void WaitLoaded();
+  // Loads every model at once, each on its own thread (one slow file system does not hold the others back). A model
+  // still loading after `timeout` is FAILED ("load timed out"); its thread is left to finish or hang on its own and
+  // its late result is dropped.
+  void StartLoading(std::chrono::seconds timeout);
+  // Blocks until every model is READY or FAILED (a timed-out load counts as FAILED), or `until` passes. True when
+  // loading is over.
+  bool WaitLoaded(std::chrono::steady_clock::time_point until = std::chrono::steady_clock::time_point::max());
   bool loading_done() const;
   int num_ready() const;
+  int num_failed() const;
 
   std::vector<sinkscope::v1::ModelInfo> List() const;
   absl::StatusOr<sinkscope::v1::ModelInfo> Get(const std::string& name) const;
@@ -34,17 +36,29 @@ class Registry {
   std::vector<std::string> Devices() const;
 
  private:
+  explicit Registry(std::vector<ModelConfig> models);  // MakeRegistry: loading threads share the registry
+
   struct Slot {
     ModelConfig cfg;
     sinkscope::v1::ModelInfo info;
     job::ModelHandle handle;
   };
-  void LoadAll();
+  // Loads slot i; runs on its own detached thread, which owns `self` so that a load outliving the registry (a
+  // stalled read at shutdown) touches nothing freed.
+  static void Load(std::shared_ptr<Registry> self, size_t i);
+  // Marks loads past the deadline FAILED; called by every accessor, so no watchdog thread is needed.
+  void ExpireLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool AllSettled() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   mutable absl::Mutex mu_;
-  std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread loader_;
+  mutable std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);  // mutable: ExpireLocked from const accessors
+  std::chrono::steady_clock::time_point deadline_ ABSL_GUARDED_BY(mu_) = std::chrono::steady_clock::time_point::max();
+  std::chrono::seconds timeout_{0};
+  std::weak_ptr<Registry> weak_self_;
+  friend std::shared_ptr<Registry> MakeRegistry(std::vector<ModelConfig> models);
 };
+
+// Registries are shared with their loading threads.
+std::shared_ptr<Registry> MakeRegistry(std::vector<ModelConfig> models);
 
 }  // namespace sinkscope::server

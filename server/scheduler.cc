@@ -37,7 +37,7 @@ int32_t Scheduler::QueuedLocked() const {
 absl::StatusOr<int32_t> Scheduler::Enqueue(Ticket job, const std::function<absl::Status(int32_t)>& on_queued) {
   std::unique_lock<std::mutex> l(mu_);
   if (!accepting_) return absl::UnavailableError("server is shutting down");
-  if (const int32_t waiting = QueuedLocked(); waiting >= max_queued_)
+  if (const int32_t waiting = QueuedLocked(); waiting >= max_queued_ && !job.admitted)
     return absl::ResourceExhaustedError(
         absl::StrCat("queue full (", waiting, " jobs waiting, limit ", max_queued_, ")"));
   const std::string device = job.device;
@@ -130,7 +130,8 @@ void Scheduler::Drain() {
   });
 }
 
-void Scheduler::Shutdown() {
+void Scheduler::Shutdown(StopMode mode) {
+  const bool keep = mode == StopMode::kKeep;
   std::vector<Ticket> dropped;
   std::vector<std::thread*> workers;
   {
@@ -138,10 +139,14 @@ void Scheduler::Shutdown() {
     stopping_ = true;
     accepting_ = false;
     for (auto& [name, d] : devices_) {
-      for (Waiting& w : d.queue) dropped.push_back(std::move(w.ticket));
+      if (!keep) {
+        for (Waiting& w : d.queue) dropped.push_back(std::move(w.ticket));
+      }
       d.queue.clear();
       if (d.running && !d.running->cancel) {
-        d.running->reason = absl::CancelledError("server shutting down");
+        d.running->reason = keep ? absl::UnavailableError("server shutting down")
+                                 : absl::CancelledError("server shutting down");
+        d.running->interrupt = keep;
         d.running->cancel = true;
       }
       if (d.worker.joinable()) workers.push_back(&d.worker);  // devices_ gains no entry once accepting_ is false
@@ -197,10 +202,14 @@ void Scheduler::RunOne(const std::shared_ptr<Running>& job) {
   const absl::Status st = run_(job->ticket, cancel);
   const bool cancelled =
       st.code() == absl::StatusCode::kCancelled || st.code() == absl::StatusCode::kDeadlineExceeded;
+  // Stopped by Shutdown(kKeep): the job is not over, it runs again after the restart. `interrupt` was written
+  // before `cancel`, which the engine had to read to stop; the engine may add context to the message, not the code.
+  const bool interrupted = !st.ok() && job->cancel && job->interrupt && st.code() == job->reason.code();
   on_state_(id,
-            st.ok()      ? v1::JOB_STATE_SUCCEEDED
-            : cancelled ? v1::JOB_STATE_CANCELLED
-                        : v1::JOB_STATE_FAILED,
+            st.ok()        ? v1::JOB_STATE_SUCCEEDED
+            : interrupted ? v1::JOB_STATE_INTERRUPTED
+            : cancelled   ? v1::JOB_STATE_CANCELLED
+                          : v1::JOB_STATE_FAILED,
             st);
 }
 

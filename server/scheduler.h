@@ -4,7 +4,8 @@
 // model's device, so jobs on two GPUs run at once while CPU jobs share one worker (they would only fight over the
 // same cores). Within a device: priority descending, then submission order (FIFO). A job past its deadline is
 // cancelled when its worker reaches it (queued) or at the next cancel check (running). Pause holds every queue;
-// Drain waits for the queues to empty; Shutdown cancels everything and joins the workers.
+// Drain waits for the queues to empty; Shutdown cancels everything, or (kKeep, a durable job store) leaves queued
+// jobs to the next start and stops the running ones as INTERRUPTED, then joins the workers.
 //
 // The scheduler decides state changes and reports them through StateFn; the caller records them (SetState in
 // job_state.h). Of the API it knows only the JobState enum, of the engine only the plan it hands back to RunFn.
@@ -38,14 +39,21 @@ class Scheduler {
     int32_t priority = 0;
     Clock::time_point deadline = Clock::time_point::max();
     std::shared_ptr<const job::Plan> plan;  // kept while the job waits or runs, released when it ends
+    bool admitted = false;                  // accepted before a restart: the queue limit does not apply again
+  };
+
+  enum class StopMode {
+    kCancel,  // queued and running jobs end CANCELLED ("server shutting down")
+    kKeep,    // queued jobs are left alone (the store keeps them QUEUED); running ones stop as INTERRUPTED
   };
 
   // Runs a job on its device's worker thread. `cancel` turns non-OK (Cancelled, DeadlineExceeded) when the job
   // should stop. The status decides the end: OK → SUCCEEDED, Cancelled/DeadlineExceeded → CANCELLED, else FAILED.
   using RunFn = std::function<absl::Status(const Ticket& job, const job::CancelCheck& cancel)>;
   // Reports a state change, once it is decided, on the thread that decided it and without the scheduler's lock:
-  // QUEUED→RUNNING and RUNNING→end on the worker; QUEUED→CANCELLED on the thread of Cancel or Shutdown, or on the
-  // worker for a queued job past its deadline. `why` is OK or the reason for FAILED / CANCELLED.
+  // QUEUED→RUNNING, RUNNING→end and RUNNING→INTERRUPTED (Shutdown(kKeep)) on the worker; QUEUED→CANCELLED on the
+  // thread of Cancel or Shutdown, or on the worker for a queued job past its deadline. `why` is OK or the reason
+  // for FAILED / CANCELLED / INTERRUPTED.
   using StateFn = std::function<void(const std::string& id, sinkscope::v1::JobState to, const absl::Status& why)>;
 
   Scheduler(int32_t max_queued, RunFn run, StateFn on_state);
@@ -54,7 +62,8 @@ class Scheduler {
   // Queues `job`; returns its queue position (0 = next on its device). `on_queued(position)` runs under the
   // scheduler's lock before any worker can take the job, so what it records (the job, its Accepted event) comes
   // before anything the worker reports; an error from it un-queues the job and is returned. ResourceExhausted when
-  // max_queued jobs already wait (all devices together); Unavailable once Drain or Shutdown has begun.
+  // max_queued jobs already wait (all devices together), unless the ticket was `admitted` before; Unavailable
+  // once Drain or Shutdown has begun.
   absl::StatusOr<int32_t> Enqueue(Ticket job, const std::function<absl::Status(int32_t position)>& on_queued);
 
   // A queued job is removed and reported CANCELLED ("cancelled by client") before this returns; a running one is
@@ -70,8 +79,10 @@ class Scheduler {
   bool paused() const;
   // Refuses new jobs, resumes a paused scheduler and returns once every queued and running job has ended.
   void Drain();
-  // Refuses new jobs, cancels queued ones ("server shutting down") and running ones, joins the workers. Idempotent.
-  void Shutdown();
+  // Refuses new jobs; kCancel cancels queued ones ("server shutting down") and running ones, kKeep drops queued
+  // ones without a report and stops running ones with Unavailable, reported INTERRUPTED. Joins the workers.
+  // Idempotent.
+  void Shutdown(StopMode mode = StopMode::kCancel);
 
  private:
   struct Waiting {
@@ -81,7 +92,8 @@ class Scheduler {
   struct Running {
     Ticket ticket;
     std::atomic<bool> cancel{false};
-    absl::Status reason;  // written once, before `cancel` is set
+    absl::Status reason;     // written once, before `cancel` is set
+    bool interrupt = false;  // set with `reason` by Shutdown(kKeep): the job is to run again after the restart
   };
   struct Device {
     std::vector<Waiting> queue;

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <string>
 
+#include "server/auth.h"
 #include "server/job_manager.h"
 #include "server/metrics.h"
 #include "server/registry.h"
@@ -19,6 +20,7 @@ struct ServiceOptions {
   int32_t compute_threads = 1;
   std::string datasets_dir;
   sinkscope::v1::ServerLimits limits;
+  const TokenStore* tokens = nullptr;  // null or empty: every caller is the admin "anonymous" (auth.h)
 };
 
 class SinkscopeService final : public sinkscope::v1::Sinkscope::CallbackService {
@@ -50,6 +52,12 @@ class SinkscopeService final : public sinkscope::v1::Sinkscope::CallbackService 
   JobManager* jobs_;
   Metrics* metrics_;
   grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const char* method, const absl::Status& st);
+  // The authenticated caller of a request (UNAUTHENTICATED with the reason otherwise).
+  absl::StatusOr<Principal> Caller(grpc::CallbackServerContext* ctx) const;
+  // The job, if the caller may see it: its owner or an admin (PERMISSION_DENIED otherwise).
+  absl::StatusOr<sinkscope::v1::Job> OwnJob(const Principal& who, const std::string& id) const;
+  // What a caller may see of a model: server paths only for admins.
+  static sinkscope::v1::ModelInfo ForCaller(sinkscope::v1::ModelInfo m, const Principal& who);
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 

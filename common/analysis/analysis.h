@@ -78,6 +78,10 @@ class LayerAnalysis {
   // Fills this analysis' part of the result of `layer` (-1 = model-level hooks); call after the last prompt has
   // passed that layer.
   virtual void Fill(int32_t layer, job::LayerResult* out) const = 0;
+  // Fills this analysis' part of prompt `prompt`'s numbers at `layer` (JobSpec.per_prompt). Analyses keep per-prompt
+  // values only after KeepPerPrompt().
+  virtual void FillPrompt(int32_t prompt, int32_t layer, job::PromptLayer* out) const {}
+  void KeepPerPrompt() { per_prompt_ = true; }
   // Whether the analysis emits a result for model-level hooks (layer -1).
   virtual bool HasModelLevel() const { return false; }
   // Per-model scalar metrics for the job summary (names as in docs/analyses.md).
@@ -87,6 +91,7 @@ class LayerAnalysis {
 
  protected:
   absl::Status status_;
+  bool per_prompt_ = false;
 };
 
 }  // namespace sinkscope::analysis

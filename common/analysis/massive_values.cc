@@ -59,7 +59,15 @@ class MassiveValues final : public LayerAnalysis {
     for (size_t i = 0; i < tensors_.size(); ++i) {
       for (int64_t l = 0; l < dims_.n_layers; ++l)
         hooks->Observe(model::HookName(l, HookOf(tensors_[i], spec_.post_rotary)),
-                       [this, i, l, &totals](const model::HookPoint&, const at::Tensor& x) { totals[i] += Observe(i, l, x); });
+                       [this, i, l, &totals, prompt = p.index](const model::HookPoint&, const at::Tensor& x) {
+                         const int64_t count = Observe(i, l, x);
+                         totals[i] += count;
+                         if (per_prompt_) {
+                           auto& counts = prompt_counts_[{prompt, static_cast<int32_t>(l)}];
+                           counts.resize(tensors_.size());
+                           counts[i] = static_cast<int32_t>(count);
+                         }
+                       });
     }
   }
 
@@ -98,6 +106,11 @@ class MassiveValues final : public LayerAnalysis {
     out->massive_values = std::move(r);
   }
 
+  void FillPrompt(int32_t prompt, int32_t layer, job::PromptLayer* out) const override {
+    auto it = prompt_counts_.find({prompt, layer});
+    if (it != prompt_counts_.end()) out->massive_counts = it->second;
+  }
+
   void Summarize(std::map<std::string, double>* m) const override {
     for (size_t i = 0; i < tensors_.size(); ++i) {
       const std::string base = std::string("massive_values.") + job::Name(tensors_[i]);
@@ -134,6 +147,7 @@ class MassiveValues final : public LayerAnalysis {
   std::vector<job::QkvTensor> tensors_;
   std::vector<PerTensor> per_;
   std::map<int32_t, std::vector<int64_t>> prompt_totals_;  // prompt index -> count per tensor, until EndPrompt
+  std::map<std::pair<int32_t, int32_t>, std::vector<int32_t>> prompt_counts_;  // (prompt, layer), KeepPerPrompt()
 };
 
 }  // namespace massive_values_internal

@@ -61,13 +61,13 @@ class MatrixEntropy final : public LayerAnalysis {
   // Observers only form each prompt's Gram matrix and ‖X‖²_F on the device; Flush computes the spectra of all
   // pending ones (every prompt of a packed forward at a layer) in one batched eigvalsh per matrix size, with one
   // copy to the host, and accumulates them in prompt order — what one ComputeMatrixEntropy per prompt gives.
-  void Register(const PromptCtx&, model::HookSet* hooks) override {
+  void Register(const PromptCtx& p, model::HookSet* hooks) override {
     for (int64_t l = 0; l < dims_.n_layers; ++l) {
       const bool final_norm = spec_.final_norm_last_layer && l == dims_.n_layers - 1;
       hooks->Observe(final_norm ? std::string(model::kFinalNormHook) : model::HookName(l, model::HookId::kResidPost),
-                     [this, l](const model::HookPoint&, const at::Tensor& x_in) {
+                     [this, l, prompt = p.index](const model::HookPoint&, const at::Tensor& x_in) {
                        at::Tensor x = x_in.reshape({x_in.size(0), -1}).to(at::kDouble);
-                       pending_.push_back({l, Gram(x), x.pow(2).sum(), x.size(0), x.size(1)});
+                       pending_.push_back({prompt, l, Gram(x), x.pow(2).sum(), x.size(0), x.size(1)});
                      });
     }
   }
@@ -100,6 +100,7 @@ class MatrixEntropy final : public LayerAnalysis {
       layers_[p.layer].entropy.Add(s.entropy);
       layers_[p.layer].anisotropy.Add(s.anisotropy);
       layers_[p.layer].normalized.Add(s.normalized);
+      if (per_prompt_) prompt_[{p.prompt, static_cast<int32_t>(p.layer)}] = s;
     }
     pending_.clear();
   }
@@ -114,6 +115,13 @@ class MatrixEntropy final : public LayerAnalysis {
     if (spec_.normalized) r.normalized_entropy = layers_[layer].normalized.Get();
     r.post_final_norm = spec_.final_norm_last_layer && layer == dims_.n_layers - 1;
     out->matrix_entropy = std::move(r);
+  }
+
+  void FillPrompt(int32_t prompt, int32_t layer, job::PromptLayer* out) const override {
+    auto it = prompt_.find({prompt, layer});
+    if (it == prompt_.end()) return;
+    out->entropy = it->second.entropy;
+    out->anisotropy = it->second.anisotropy;
   }
 
   void Summarize(std::map<std::string, double>* m) const override {
@@ -131,11 +139,13 @@ class MatrixEntropy final : public LayerAnalysis {
     StatAcc entropy, anisotropy, normalized;
   };
   struct Pending {  // one prompt's layer, waiting for Flush
+    int32_t prompt;
     int64_t layer;
     at::Tensor gram, F;  // float64 on the model's device
     int64_t T, d;
   };
   std::vector<Pending> pending_;
+  std::map<std::pair<int32_t, int32_t>, EntropyStats> prompt_;  // (prompt, layer), with KeepPerPrompt()
   job::MatrixEntropySpec spec_;
   ModelDims dims_;
   std::vector<Layer> layers_;

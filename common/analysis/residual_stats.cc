@@ -42,18 +42,19 @@ class Impl final : public ResidualStats {
   Impl(const job::ResidualStatsSpec& spec, const ModelDims& dims, bool emit)
       : spec_(spec), dims_(dims), emit_(emit), layers_(dims.n_layers) {}
 
-  void Register(const PromptCtx&, model::HookSet* hooks) override {
-    hooks->Observe("hook_embed", [this](const model::HookPoint&, const at::Tensor& x) {
+  void Register(const PromptCtx& p, model::HookSet* hooks) override {
+    hooks->Observe(model::kEmbedHook, [this](const model::HookPoint&, const at::Tensor& x) {
       embed_.Add(RowNorms(x.narrow(0, 0, 1)).item<double>());
     });
     for (int64_t l = 0; l < dims_.n_layers; ++l) {
       const bool final_norm = spec_.final_norm_last_layer && l == dims_.n_layers - 1;
-      hooks->Observe(final_norm ? std::string("ln_final.hook_normalized") : model::HookName(l, model::HookId::kResidPost),
-                     [this, l](const model::HookPoint&, const at::Tensor& x) {
+      hooks->Observe(final_norm ? std::string(model::kFinalNormHook) : model::HookName(l, model::HookId::kResidPost),
+                     [this, l, prompt = p.index](const model::HookPoint&, const at::Tensor& x) {
                        const BosStats s = ComputeBosStats(x);
                        layers_[l].bos.Add(s.bos_norm);
                        layers_[l].other.Add(s.mean_other_norm);
                        layers_[l].ratio.Add(s.ratio);
+                       if (per_prompt_) prompt_[{prompt, static_cast<int32_t>(l)}] = s;
                      });
     }
   }
@@ -68,6 +69,14 @@ class Impl final : public ResidualStats {
     r.ratio = layers_[layer].ratio.Get();
     r.post_final_norm = spec_.final_norm_last_layer && layer == dims_.n_layers - 1;
     out->residual_stats = std::move(r);
+  }
+
+  void FillPrompt(int32_t prompt, int32_t layer, job::PromptLayer* out) const override {
+    auto it = prompt_.find({prompt, layer});
+    if (!emit_ || it == prompt_.end()) return;
+    out->bos_norm = it->second.bos_norm;
+    out->mean_other_norm = it->second.mean_other_norm;
+    out->bos_ratio = it->second.ratio;
   }
 
   int32_t SpikeLayer(job::SpikeRule rule) const override {
@@ -109,6 +118,7 @@ class Impl final : public ResidualStats {
   bool emit_;
   std::vector<Layer> layers_;
   StatAcc embed_;
+  std::map<std::pair<int32_t, int32_t>, BosStats> prompt_;  // (prompt, layer), with KeepPerPrompt()
 };
 
 }  // namespace residual_stats_internal

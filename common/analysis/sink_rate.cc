@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <map>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -24,6 +25,7 @@ class SinkRate final : public LayerAnalysis {
     const bool exclude = spec_.query_rows == job::QueryRows::kExcludeBos;
     // Per-prompt scratch: in a packed forward, prompts' pattern chunks (and their q/k hooks) interleave.
     auto cur = std::make_shared<Current>();
+    cur->prompt = p.index;
     for (int64_t l = 0; l < dims_.n_layers; ++l) {
       if (spec_.source == job::AttentionSource::kModel) {
         hooks->Observe(model::HookName(l, model::HookId::kPattern),
@@ -72,6 +74,13 @@ class SinkRate final : public LayerAnalysis {
     out->sink_rate = std::move(r);
   }
 
+  void FillPrompt(int32_t prompt, int32_t layer, job::PromptLayer* out) const override {
+    auto it = prompt_.find({prompt, layer});
+    if (it == prompt_.end()) return;
+    out->sink_rate = it->second.first;
+    out->head_scores = it->second.second;
+  }
+
   void Summarize(std::map<std::string, double>* m) const override {
     double sum = 0;
     int n = 0;
@@ -83,6 +92,7 @@ class SinkRate final : public LayerAnalysis {
  private:
   // One prompt's layer: its BOS-attention sums over the selected query rows.
   struct Current {
+    int32_t prompt = 0;
     std::vector<double> sum;
     int64_t rows = 0;
     at::Tensor q;  // pre-rotary source: hook_q, kept until the layer's hook_k
@@ -91,13 +101,16 @@ class SinkRate final : public LayerAnalysis {
   void Finish(int64_t l, const Current& cur) {
     if (cur.rows == 0) return;  // T = 1 with EXCLUDE_BOS: no query rows
     int64_t sinks = 0;
+    std::vector<double> scores(dims_.n_heads);
     for (int64_t h = 0; h < dims_.n_heads; ++h) {
-      const double score = cur.sum[h] / static_cast<double>(cur.rows);
-      head_sum_[l][h] += score;
-      if (score >= spec_.tau) ++sinks;
+      scores[h] = cur.sum[h] / static_cast<double>(cur.rows);
+      head_sum_[l][h] += scores[h];
+      if (scores[h] >= spec_.tau) ++sinks;
     }
     ++head_n_[l];
-    rate_[l].Add(static_cast<double>(sinks) / static_cast<double>(dims_.n_heads));
+    const double rate = static_cast<double>(sinks) / static_cast<double>(dims_.n_heads);
+    rate_[l].Add(rate);
+    if (per_prompt_) prompt_[{cur.prompt, static_cast<int32_t>(l)}] = {rate, std::move(scores)};
   }
 
   job::SinkRateSpec spec_;
@@ -105,6 +118,7 @@ class SinkRate final : public LayerAnalysis {
   std::vector<StatAcc> rate_;
   std::vector<std::vector<double>> head_sum_;
   std::vector<int64_t> head_n_;
+  std::map<std::pair<int32_t, int32_t>, std::pair<double, std::vector<double>>> prompt_;  // (prompt, layer) -> rate, scores
 };
 
 }  // namespace sink_rate_internal

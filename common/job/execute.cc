@@ -3,22 +3,18 @@
 #include <c10/core/GradMode.h>
 
 #include <chrono>
+#include <cmath>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
-#include "common/analysis/activation_stats.h"
 #include "common/analysis/analysis.h"
 #include "common/analysis/interventions.h"
-#include "common/analysis/massive_values.h"
-#include "common/analysis/matrix_entropy.h"
 #include "common/analysis/perplexity.h"
-#include "common/analysis/residual_stats.h"
-#include "common/analysis/sink_rate.h"
 #include "common/job/conditions.h"
+#include "common/job/observers.h"
 #include "common/job/plan.h"
 #include "common/model/llama.h"
 #include "common/tokenizer/tokenizer.h"
-#include "common/util/overloaded.h"
 #include "common/util/status_macros.h"
 
 namespace sinkscope::job {
@@ -32,80 +28,6 @@ absl::Status WithContext(const absl::Status& st, const std::string& ctx) {
     return st;
   return absl::Status(st.code(), absl::StrCat(ctx, ": ", st.message()));
 }
-
-std::vector<ComparisonRow> Compare(const std::vector<ModelSummary>& ms) {
-  std::vector<ComparisonRow> rows;
-  for (const auto& [metric, v0] : ms[0].metrics) {
-    ComparisonRow r;
-    r.metric = metric;
-    bool all = true;
-    for (const ModelSummary& s : ms) {
-      auto it = s.metrics.find(metric);
-      if (it == s.metrics.end()) {
-        all = false;
-        break;
-      }
-      r.values.push_back(it->second);
-      r.diffs.push_back(it->second - v0);
-      r.ratios.push_back(v0 != 0 ? it->second / v0 : 0.0);
-    }
-    if (all) rows.push_back(std::move(r));
-  }
-  return rows;
-}
-
-// Observational analyses of one model and the hidden helpers that ride on its baseline pass.
-struct Observers {
-  std::vector<std::unique_ptr<analysis::LayerAnalysis>> emitted;  // the job's own analyses
-  analysis::ResidualStats* resid = nullptr;                       // spike detection (emitted or hidden)
-  std::unique_ptr<analysis::ResidualStats> hidden_resid;
-  std::unique_ptr<analysis::QkIdentifier> ident;  // Q/K massive dims on the job's inputs
-  bool last_after_norm = false, model_level = false;
-
-  Observers(const Plan& plan, const analysis::ModelDims& dims) {
-    for (const AnalysisSpec& a : plan.spec.analyses) {
-      std::visit(Overloaded{[&](const SinkRateSpec& s) { emitted.push_back(analysis::MakeSinkRate(s, dims)); },
-                            [&](const MassiveValuesSpec& s) { emitted.push_back(analysis::MakeMassiveValues(s, dims)); },
-                            [&](const ResidualStatsSpec& s) {
-                              auto r = analysis::MakeResidualStats(s, dims, /*emit=*/true);
-                              resid = r.get();
-                              emitted.push_back(std::move(r));
-                            },
-                            [&](const MatrixEntropySpec& s) { emitted.push_back(analysis::MakeMatrixEntropy(s, dims)); },
-                            [&](const PerplexitySpec&) {},
-                            [&](const ActivationStatsSpec& s) {
-                              emitted.push_back(analysis::MakeActivationStats(s, dims));
-                            }},
-                 a);
-    }
-    bool need_spike = false, need_ident = false;
-    if (const PerplexitySpec* ppl = plan.perplexity())
-      for (const Intervention& iv : ppl->interventions) {
-        if (const auto* b = std::get_if<BosMlpAblation>(&iv.kind); b && !b->layer) need_spike = true;
-        if (const auto* q = std::get_if<QkMassiveDisruption>(&iv.kind); q && !q->identify_on) need_ident = true;
-      }
-    if (need_spike && resid == nullptr) {
-      hidden_resid = analysis::MakeResidualStats(ResidualStatsSpec{}, dims, /*emit=*/false);
-      resid = hidden_resid.get();
-    }
-    if (need_ident) ident = std::make_unique<analysis::QkIdentifier>(dims);
-    for (const auto& a : emitted) {
-      last_after_norm |= a->LastLayerAfterFinalNorm();
-      model_level |= a->HasModelLevel();
-    }
-  }
-
-  void Register(const analysis::PromptCtx& ctx, model::HookSet* hooks) const {
-    for (const auto& a : emitted) a->Register(ctx, hooks);
-    if (hidden_resid) hidden_resid->Register(ctx, hooks);
-    if (ident) ident->Register(hooks);
-  }
-
-  void Flush() const {
-    for (const auto& a : emitted) a->Flush();
-    if (hidden_resid) hidden_resid->Flush();
-  }
-};
 
 class Executor {
  public:
@@ -162,19 +84,56 @@ class Executor {
     ms_.dtype = model.dtype();
     ms_.device = model.device();
     ms_.num_prompts = static_cast<int32_t>(mp.prompts.size());
+    ms_.truncated_prompts = mp.truncated;
     for (const auto& p : mp.prompts) ms_.num_tokens += static_cast<int64_t>(p.size());
     obs_ = std::make_unique<Observers>(plan_, dims_);
+    prompt_ppl_.assign(mp.prompts.size(), {});
     base_ = analysis::NllAccumulator{};
     base_ppl_ = 0;
     passes_ = 0;
   }
 
   absl::Status EndModel(Summary* summary) {
+    if (PerPrompt()) EmitPrompts();
     ms_.num_forward_passes = passes_;
     summary->models.push_back(std::move(ms_));
     summary->perplexity.insert(summary->perplexity.end(), ppl_.begin(), ppl_.end());
     ppl_.clear();
     return absl::OkStatus();
+  }
+
+  bool PerPrompt() const { return plan_.spec.per_prompt || plan_.spec.emit_token_ids; }
+
+  // One PromptResult per prompt of the current model, in prompt order (JobSpec.per_prompt).
+  void EmitPrompts() {
+    const ModelPlan& mp = plan_.models[m_];
+    for (size_t p = 0; p < mp.prompts.size(); ++p) {
+      PromptResult r;
+      r.model = mp.handle.name;
+      r.prompt = static_cast<int32_t>(p);
+      r.num_tokens = static_cast<int32_t>(mp.prompts[p].size());
+      if (plan_.spec.emit_token_ids) r.token_ids = mp.prompts[p];
+      for (int32_t l = 0; l < dims_.n_layers; ++l) {
+        PromptLayer pl;
+        pl.layer = l;
+        for (const auto& a : obs_->emitted) a->FillPrompt(r.prompt, l, &pl);
+        const bool any = pl.sink_rate || pl.bos_norm || pl.entropy || !pl.massive_counts.empty();
+        if (any) r.layers.push_back(std::move(pl));
+      }
+      r.perplexity = std::move(prompt_ppl_[p]);
+      if (sink_) sink_->OnPrompt(r);
+    }
+  }
+
+  // Records prompt `p`'s NLL under `condition` (JobSpec.per_prompt).
+  void RecordPromptNll(int32_t p, const std::string& condition, const at::Tensor& nll) {
+    if (!PerPrompt()) return;
+    PromptPerplexity pp;
+    pp.condition = condition;
+    pp.num_targets = static_cast<int32_t>(nll.numel());
+    pp.nll_sum = pp.num_targets > 0 ? nll.to(at::kDouble).sum().item<double>() : 0.0;
+    pp.perplexity = pp.num_targets > 0 ? std::exp(pp.nll_sum / pp.num_targets) : 0.0;
+    prompt_ppl_[p].push_back(std::move(pp));
   }
 
   void EmitLayer(int32_t l) {
@@ -217,7 +176,10 @@ class Executor {
         for (const analysis::PromptCtx& c : ctx)
           for (const auto& a : obs_->emitted) a->EndPrompt(c);
         if (want_nll)
-          for (const at::Tensor& t : nll) base_.Add(t);
+          for (size_t i = 0; i < nll.size(); ++i) {
+            base_.Add(nll[i]);
+            RecordPromptNll(p.first_prompt + static_cast<int32_t>(i), "baseline", nll[i]);
+          }
         if (group_ends) EndBaseline();
         return absl::OkStatus();
       }
@@ -236,7 +198,10 @@ class Executor {
         ASSIGN_OR_RETURN(std::vector<at::Tensor> nll,
                          Forward(cond_.name, p, mp.prompts, std::vector<const model::HookSet*>(p.num_prompts, &hooks),
                                  true, nullptr));
-        for (const at::Tensor& t : nll) cond_acc_.Add(t);
+        for (size_t i = 0; i < nll.size(); ++i) {
+          cond_acc_.Add(nll[i]);
+          RecordPromptNll(p.first_prompt + static_cast<int32_t>(i), cond_.name, nll[i]);
+        }
         if (group_ends) EndCondition(p, next);
         return absl::OkStatus();
       }
@@ -362,6 +327,7 @@ class Executor {
     }
     o.return_logits = false;
     o.return_target_nll = want_nll;
+    o.check_finite = true;  // a NaN/Inf job fails with the layer named, rather than reporting plausible zeros
     o.after_layer = [&](int l) -> absl::Status {
       if (on_layer) on_layer(l);
       ReportProgress(condition, p, P, l, L, /*force=*/false);
@@ -417,6 +383,7 @@ class Executor {
   double base_ppl_ = 0;
   int32_t passes_ = 0;
   std::vector<PerplexityResult> ppl_;
+  std::vector<std::vector<PromptPerplexity>> prompt_ppl_;  // per prompt, in condition order (JobSpec.per_prompt)
   // Current intervention / condition.
   std::unique_ptr<analysis::QkIdentifier> own_ident_;
   Condition cond_;

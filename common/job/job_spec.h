@@ -114,6 +114,10 @@ struct JobSpec {
   std::vector<AnalysisSpec> analyses;  // >= 1
   int32_t max_tokens = 0;              // per prompt incl. BOS; 0 = server limit
   uint64_t seed = 42;
+  bool per_prompt = false;      // also report each prompt's own numbers (EventSink::OnPrompt)
+  bool emit_token_ids = false;  // put each prompt's token ids in its PromptResult (implies per_prompt)
+  bool truncate_to_context = false;  // cut prompts longer than a model's context (else InvalidArgument)
+  bool no_cache = false;             // the server's result cache must not answer this job
 };
 
 // ----- results -----
@@ -191,6 +195,7 @@ struct ModelSummary {
   // Forward passes run for this model (baseline + identify + intervention passes); engine-side addition, not in
   // the v1 proto (tests and benches use it to check the planner: one baseline forward per prompt).
   int32_t num_forward_passes = 0;
+  int32_t truncated_prompts = 0;  // prompts cut to max_tokens or (truncate_to_context) to the model's context
 };
 struct Summary {
   std::vector<ModelSummary> models;
@@ -199,6 +204,29 @@ struct Summary {
   std::string inputs_digest;
   uint64_t seed = 42;
   double elapsed_seconds = 0;
+};
+// One prompt's own numbers (JobSpec.per_prompt): what the aggregated results average, before averaging.
+struct PromptLayer {
+  int32_t layer = 0;
+  std::optional<double> sink_rate;  // fraction of heads whose BOS score >= tau
+  std::vector<double> head_scores;  // per head: mean attention to BOS over the selected query rows
+  std::optional<double> bos_norm, mean_other_norm, bos_ratio;
+  std::optional<double> entropy, anisotropy;
+  std::vector<int32_t> massive_counts;  // per MassiveValuesSpec tensor, in MassiveValuesLayer order
+};
+struct PromptPerplexity {
+  std::string condition;  // "baseline", a label, or "<label>/control_seed_<s>"
+  double nll_sum = 0;
+  int32_t num_targets = 0;
+  double perplexity = 0;  // exp(nll_sum / num_targets), 0 without targets
+};
+struct PromptResult {
+  std::string model;
+  int32_t prompt = 0;
+  int32_t num_tokens = 0;
+  std::vector<int32_t> token_ids;  // when JobSpec.emit_token_ids
+  std::vector<PromptLayer> layers;
+  std::vector<PromptPerplexity> perplexity;
 };
 struct Progress {
   double fraction = 0;
@@ -219,6 +247,7 @@ class EventSink {
   virtual void OnProgress(const Progress&) {}
   virtual void OnLayer(const LayerResult&) {}
   virtual void OnPerplexity(const PerplexityResult&) {}
+  virtual void OnPrompt(const PromptResult&) {}
   virtual void OnSummary(const Summary&) {}
 };
 

@@ -28,6 +28,13 @@ struct RunLimits {
   // Prompts are packed into forwards of at most this many tokens (block-diagonal attention: results are those of
   // one prompt per forward); a prompt longer than the budget runs alone. <= 1: one prompt per forward.
   int32_t pack_tokens = 4096;
+  // Work caps, checked on the plan before a job is queued: tokens through all of a job's forwards (every model,
+  // condition and control) and the forwards themselves.
+  int64_t max_tokens_per_job = 20'000'000;
+  int32_t max_planned_passes = 100'000;
+  // Activation memory one forward may use (ForwardBytes in packing.h); packs are cut to fit and a prompt that can
+  // never fit is refused. 0 = no budget.
+  int64_t forward_memory_bytes = 0;
 };
 
 }  // namespace sinkscope::job

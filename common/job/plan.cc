@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/job/packing.h"
 #include "common/job/validate.h"
 #include "common/model/llama.h"
 #include "common/tokenizer/tokenizer.h"
@@ -45,6 +46,52 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> Resolve(const Inputs& inputs, 
   return out;
 }
 
+// A prompt longer than the model's context is refused unless the job asked to cut it (then it is cut and counted):
+// silently cutting would report numbers for text the user did not send.
+absl::Status FitContext(std::vector<std::vector<int32_t>>* prompts, const ModelHandle& h, bool truncate,
+                        const std::string& where, int32_t* truncated) {
+  const int64_t context = h.model->config().max_position_embeddings;
+  for (size_t i = 0; i < prompts->size(); ++i) {
+    std::vector<int32_t>& ids = (*prompts)[i];
+    if (static_cast<int64_t>(ids.size()) <= context) continue;
+    if (!truncate)
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": prompt ", i, " has ", ids.size(), " tokens, more than model ", h.name,
+          "'s context (max_position_embeddings=", context, "); set truncate_to_context (or max_tokens) to cut it"));
+    ids.resize(context);
+    if (truncated) ++*truncated;
+  }
+  return absl::OkStatus();
+}
+
+// Edit positions must exist in every prompt (−T ≤ p < T): an edit that touches nothing would quietly report the
+// baseline as the intervention's result.
+absl::Status CheckEditPositions(const Plan& plan) {
+  const PerplexitySpec* ppl = plan.perplexity();
+  if (ppl == nullptr) return absl::OkStatus();
+  for (size_t j = 0; j < ppl->interventions.size(); ++j) {
+    const auto* edits = std::get_if<std::vector<ActivationEdit>>(&ppl->interventions[j].kind);
+    if (edits == nullptr) continue;
+    for (size_t e = 0; e < edits->size(); ++e)
+      for (int32_t p : (*edits)[e].positions)
+        for (const ModelPlan& mp : plan.models)
+          for (size_t i = 0; i < mp.prompts.size(); ++i) {
+            const int64_t T = static_cast<int64_t>(mp.prompts[i].size());
+            if (p >= -T && p < T) continue;
+            return absl::InvalidArgumentError(absl::StrCat(
+                "analyses[", plan.perplexity_index, "].perplexity.interventions[", j, "].edits[", e, "].positions: ",
+                p, " is outside prompt ", i, " (", T, " tokens) of model ", mp.handle.name));
+          }
+  }
+  return absl::OkStatus();
+}
+
+// Bytes per element of a model's compute dtype.
+int64_t ElementBytes(const ModelHandle& h) {
+  const std::string dt = h.model->dtype();
+  return dt == "float64" ? 8 : (dt == "float32" ? 4 : 2);
+}
+
 std::string InputsDigest(const std::vector<ModelPlan>& models) {
   util::Sha256 h;
   for (const ModelPlan& m : models) {
@@ -73,19 +120,17 @@ std::vector<std::string> Labels(const PerplexitySpec* ppl) {
   return labels;
 }
 
-// Appends the passes over a prompt list: consecutive prompts packed greedily into forwards of at most
-// `pack_tokens` tokens (in order, so accumulators see the prompts in the same order as one prompt per forward).
-void AddPasses(Pass::Kind kind, int32_t model, int32_t intervention, int32_t control,
-               const std::vector<std::vector<int32_t>>& prompts, int64_t pack_tokens, std::vector<Pass>* passes) {
-  const int32_t n = static_cast<int32_t>(prompts.size());
-  for (int32_t first = 0; first < n;) {
-    int32_t count = 1;
-    int64_t tokens = static_cast<int64_t>(prompts[first].size());
-    while (first + count < n && tokens + static_cast<int64_t>(prompts[first + count].size()) <= pack_tokens)
-      tokens += static_cast<int64_t>(prompts[first + count++].size());
-    passes->push_back(Pass{kind, model, intervention, control, first, count});
-    first += count;
-  }
+// Appends the passes over a prompt list, packed under the budget (packing.h).
+absl::Status AddPasses(Pass::Kind kind, int32_t model, int32_t intervention, int32_t control,
+                       const std::vector<std::vector<int32_t>>& prompts, const ModelHandle& h, const PackBudget& budget,
+                       std::vector<Pass>* passes) {
+  std::vector<int64_t> lengths;
+  for (const auto& p : prompts) lengths.push_back(static_cast<int64_t>(p.size()));
+  std::vector<std::pair<int32_t, int32_t>> packs;
+  absl::Status st = PackPrompts(h.model->config(), lengths, ElementBytes(h), budget, &packs);
+  if (!st.ok()) return absl::Status(st.code(), absl::StrCat("model ", h.name, ": ", st.message()));
+  for (const auto& [first, count] : packs) passes->push_back(Pass{kind, model, intervention, control, first, count});
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -132,36 +177,42 @@ absl::StatusOr<Plan> BuildPlan(JobSpec spec, std::vector<ModelHandle> models, co
   plan.labels = Labels(ppl);
   const size_t num_iv = plan.labels.size();
 
-  // Prompts per model: tokenised per model, cut to the job's token cap and the model's context.
+  // Prompts per model: tokenised per model, cut to the job's (or the server's) max_tokens, fitted to the context.
   const int64_t max_tokens = plan.spec.max_tokens > 0 ? plan.spec.max_tokens : limits.max_tokens_per_prompt;
   for (ModelHandle& h : models) {
     ModelPlan mp;
-    const int64_t cap = std::min<int64_t>(max_tokens, h.model->config().max_position_embeddings);
-    ASSIGN_OR_RETURN(mp.prompts, Resolve(plan.spec.inputs, h, cap, &datasets, &mp.truncated));
+    ASSIGN_OR_RETURN(mp.prompts, Resolve(plan.spec.inputs, h, max_tokens, &datasets, &mp.truncated));
+    RETURN_IF_ERROR(FitContext(&mp.prompts, h, plan.spec.truncate_to_context, "inputs", &mp.truncated));
     mp.identify_prompts.resize(num_iv);
     for (size_t j = 0; j < num_iv; ++j) {
       const auto* q = std::get_if<QkMassiveDisruption>(&ppl->interventions[j].kind);
       if (q && q->identify_on) {
-        ASSIGN_OR_RETURN(mp.identify_prompts[j], Resolve(*q->identify_on, h, cap, &datasets, nullptr));
+        ASSIGN_OR_RETURN(mp.identify_prompts[j], Resolve(*q->identify_on, h, max_tokens, &datasets, nullptr));
+        RETURN_IF_ERROR(FitContext(&mp.identify_prompts[j], h, plan.spec.truncate_to_context,
+                                   absl::StrCat("interventions[", j, "].qk_massive.identify_on"), nullptr));
       }
     }
     mp.handle = std::move(h);
     plan.models.push_back(std::move(mp));
   }
+  RETURN_IF_ERROR(CheckEditPositions(plan));
 
   // Passes, in execution order (plan.h).
+  const PackBudget budget{limits.pack_tokens, limits.forward_memory_bytes};
   for (size_t m = 0; m < plan.models.size(); ++m) {
     const ModelPlan& mp = plan.models[m];
     const int32_t mi = static_cast<int32_t>(m);
-    const int64_t budget = limits.pack_tokens;
-    AddPasses(Pass::Kind::kBaseline, mi, -1, -1, mp.prompts, budget, &plan.passes);
+    auto add = [&](Pass::Kind kind, int32_t j, int32_t c, const std::vector<std::vector<int32_t>>& prompts) {
+      return AddPasses(kind, mi, j, c, prompts, mp.handle, budget, &plan.passes);
+    };
+    RETURN_IF_ERROR(add(Pass::Kind::kBaseline, -1, -1, mp.prompts));
     for (size_t j = 0; j < num_iv; ++j) {
       const int32_t ji = static_cast<int32_t>(j);
-      AddPasses(Pass::Kind::kIdentify, mi, ji, -1, mp.identify_prompts[j], budget, &plan.passes);
-      AddPasses(Pass::Kind::kCondition, mi, ji, -1, mp.prompts, budget, &plan.passes);
+      RETURN_IF_ERROR(add(Pass::Kind::kIdentify, ji, -1, mp.identify_prompts[j]));
+      RETURN_IF_ERROR(add(Pass::Kind::kCondition, ji, -1, mp.prompts));
       if (const auto* q = std::get_if<QkMassiveDisruption>(&ppl->interventions[j].kind))
         for (size_t c = 0; c < q->control_seeds.size(); ++c)
-          AddPasses(Pass::Kind::kCondition, mi, ji, static_cast<int32_t>(c), mp.prompts, budget, &plan.passes);
+          RETURN_IF_ERROR(add(Pass::Kind::kCondition, ji, static_cast<int32_t>(c), mp.prompts));
     }
   }
 
@@ -176,6 +227,15 @@ absl::StatusOr<Plan> BuildPlan(JobSpec spec, std::vector<ModelHandle> models, co
       plan.estimate.longest_prompt = std::max(plan.estimate.longest_prompt, n);
     }
   }
+  // Work caps: a job that would run for hours is refused before it takes a queue slot.
+  if (plan.estimate.forwards > limits.max_planned_passes)
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the job plans ", plan.estimate.forwards, " forward passes, more than the server's max_planned_passes=",
+        limits.max_planned_passes, " (use fewer prompts, conditions or control seeds, or split the job)"));
+  if (plan.estimate.tokens > limits.max_tokens_per_job)
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the job runs ", plan.estimate.tokens, " tokens through its forwards, more than the server's "
+        "max_tokens_per_job=", limits.max_tokens_per_job, " (use fewer or shorter prompts, or split the job)"));
   return plan;
 }
 

@@ -353,6 +353,9 @@ absl::StatusOr<ForwardResult> ForwardImpl(const LlamaConfig& cfg, const LlamaWei
   if (cfg.uses_rope()) rope = Rope(cfg, seg, dtype, dev);
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     ASSIGN_OR_RETURN(x, DecoderLayer(cfg, w.layers[l], l, x, cfg.uses_rope() ? &rope : nullptr, seg, opts, hooks));
+    if (opts.check_finite && !at::isfinite(x).all().item<bool>())
+      return absl::FailedPreconditionError(absl::StrCat("non-finite activations (NaN or Inf) in the residual stream after "
+                                                        "layer ", l, ": the weights or an intervention overflow"));
     if (opts.after_layer) RETURN_IF_ERROR(opts.after_layer(static_cast<int>(l)));
   }
   ASSIGN_OR_RETURN(x, hooks.AtModel(kFinalNormHook, RmsNorm(x, w.norm, cfg.rms_norm_eps)));
@@ -431,7 +434,13 @@ absl::StatusOr<std::shared_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
     if (dtype == at::kHalf && dev.is_cpu())
       return absl::InvalidArgumentError(
           "dtype float16 is not supported on cpu (LibTorch 1.13 has no CPU Half matmul); use bfloat16 or float32");
-    ASSIGN_OR_RETURN(LoadedWeights lw, LoadWeights(model_dir, cfg, dtype, dev, opts.compute_digest));
+    WeightsLoad how;
+    how.dtype = dtype;
+    how.device = dev;
+    how.compute_digest = opts.compute_digest;
+    how.check_finite = opts.check_finite;
+    how.zero_copy = opts.zero_copy;
+    ASSIGN_OR_RETURN(LoadedWeights lw, LoadWeights(model_dir, cfg, how));
     std::shared_ptr<LlamaModel> m(new LlamaModel());
     m->config_ = cfg;
     m->dir_ = model_dir;

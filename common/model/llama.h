@@ -23,6 +23,12 @@ struct LoadOptions {
   std::string dtype = "float32";  // compute dtype: "float32" | "bfloat16" | "float16"
   // (float16 needs a CUDA device: LibTorch 1.13 has no CPU Half matmul, so Load rejects it on CPU.)
   bool compute_digest = true;     // SHA-256 of the safetensors bytes (reads every byte once; ~1-2 GB/s)
+  // Check every weight for NaN/Inf at load (one pass over the weights); a non-finite weight fails the load naming the
+  // tensor, instead of a model that answers every job with NaN-derived numbers.
+  bool check_finite = true;
+  // CPU weights in the checkpoint's dtype alias the file mapping (no copy, no extra RAM). A server that must survive
+  // a checkpoint truncated or rewritten under it sets this false: the weights are then copied, the file unmapped.
+  bool zero_copy = true;
 };
 
 struct ForwardOptions {
@@ -42,6 +48,9 @@ struct ForwardOptions {
   // Called after each decoder layer finishes (all its hooks have run). A non-OK status aborts the forward and is
   // returned (used for cancellation between layers).
   std::function<absl::Status(int layer)> after_layer;
+  // Check the residual stream for NaN/Inf after every layer (one reduction per layer): a non-finite activation ends
+  // the forward with FailedPrecondition naming the layer, instead of analyses reporting NaN-derived numbers.
+  bool check_finite = false;
   // By default a prompt longer than config.max_position_embeddings is an InvalidArgument. DroPE/NoPE
   // context-extension studies may set this to run longer prompts (RoPE models then extrapolate positions).
   bool allow_beyond_max_positions = false;

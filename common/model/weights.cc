@@ -8,6 +8,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "common/model/safetensors.h"
 #include "common/util/status_macros.h"
@@ -82,7 +83,7 @@ at::ScalarType ToScalarType(StDtype d) {
 // Wraps a checkpoint tensor. Zero-copy (at::from_blob over the mapping, whose lifetime the deleter extends) when the
 // checkpoint dtype is the compute dtype, the device is the CPU and the pointer is aligned; otherwise converts.
 at::Tensor WrapTensor(const StTensor& t, std::shared_ptr<SafetensorsFile> file, at::ScalarType dtype,
-                      const at::Device& dev) {
+                      const at::Device& dev, bool zero_copy) {
   const at::ScalarType src = ToScalarType(t.dtype);
   void* data = const_cast<uint8_t*>(t.data);
   // A data section at an odd offset cannot be viewed as 2- or 4-byte elements: copy it out first.
@@ -94,8 +95,32 @@ at::Tensor WrapTensor(const StTensor& t, std::shared_ptr<SafetensorsFile> file, 
     base = at::empty(t.shape, at::TensorOptions().dtype(src));
     std::memcpy(base.data_ptr(), data, t.nbytes());
   }
-  if (src == dtype && dev.is_cpu()) return base;
+  if (src == dtype && dev.is_cpu() && (zero_copy || !aligned)) return base;  // (unaligned: already a copy)
   return base.to(dev, dtype, /*non_blocking=*/false, /*copy=*/true);
+}
+
+// Layers beyond num_hidden_layers in the checkpoint: the config and the weights disagree.
+absl::Status CheckNoExtraLayers(const SafetensorsCheckpoint& ck, const LlamaConfig& cfg, const std::string& dir) {
+  constexpr std::string_view kPrefix = "model.layers.";
+  for (const std::string& n : ck.names()) {
+    if (n.rfind(kPrefix, 0) != 0) continue;
+    const size_t dot = n.find('.', kPrefix.size());
+    int64_t layer = -1;
+    if (dot == std::string::npos || !absl::SimpleAtoi(n.substr(kPrefix.size(), dot - kPrefix.size()), &layer)) continue;
+    if (layer >= cfg.num_hidden_layers)
+      return absl::InvalidArgumentError(absl::StrCat(dir, ": tensor ", n, " belongs to layer ", layer,
+                                                     " but config.json declares num_hidden_layers=",
+                                                     cfg.num_hidden_layers, " (the model would be served truncated)"));
+  }
+  return absl::OkStatus();
+}
+
+// NaN/Inf weights would make every job report numbers derived from NaN (sink rates of 0.0): refuse them by name.
+absl::Status CheckFinite(const at::Tensor& t, const std::string& file, const std::string& name) {
+  const int64_t bad = t.numel() - at::isfinite(t).sum().item<int64_t>();
+  if (bad == 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(file, ": tensor ", name, " has ", bad, " non-finite value(s) (NaN or Inf) of ", t.numel()));
 }
 
 }  // namespace
@@ -184,9 +209,9 @@ int64_t WeightBytes(const LlamaWeights& w_in) {
   return n;
 }
 
-absl::StatusOr<LoadedWeights> LoadWeights(const std::string& dir, const LlamaConfig& cfg, at::ScalarType dtype,
-                                          const at::Device& dev, bool compute_digest) {
+absl::StatusOr<LoadedWeights> LoadWeights(const std::string& dir, const LlamaConfig& cfg, const WeightsLoad& how) {
   ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsCheckpoint> ck, SafetensorsCheckpoint::Open(dir));
+  RETURN_IF_ERROR(CheckNoExtraLayers(*ck, cfg, dir));
   LoadedWeights out;
   std::set<std::string> used;
   auto where = [&](const std::string& name) {
@@ -214,7 +239,8 @@ absl::StatusOr<LoadedWeights> LoadWeights(const std::string& dir, const LlamaCon
     if (t->shape != s.shape)
       return absl::InvalidArgumentError(absl::StrCat(where(name), ": tensor ", name, " has shape ", ShapeStr(t->shape),
                                                      ", config.json implies ", ShapeStr(s.shape)));
-    *s.tensor = WrapTensor(*t, ck->FileOf(name), dtype, dev);
+    *s.tensor = WrapTensor(*t, ck->FileOf(name), how.dtype, how.device, how.zero_copy);
+    if (how.check_finite) RETURN_IF_ERROR(CheckFinite(*s.tensor, where(name), name));
   }
   LlamaWeights& w = out.weights;
   if (cfg.tie_word_embeddings) {
@@ -226,7 +252,7 @@ absl::StatusOr<LoadedWeights> LoadWeights(const std::string& dir, const LlamaCon
   }
   for (const std::string& n : ck->names())
     if (!used.count(n)) out.notes.push_back(absl::StrCat("ignored unexpected tensor ", n, " (", ck->FileOf(n)->path(), ")"));
-  if (compute_digest) out.digest = ck->Sha256Hex();
+  if (how.compute_digest) out.digest = ck->Sha256Hex();
   if (!out.notes.empty()) spdlog::info("loaded {} with {} note(s); first: {}", dir, out.notes.size(), out.notes.front());
   return out;
 }

@@ -59,8 +59,17 @@ struct LoadedWeights {
 // Reads <dir>'s safetensors (single or sharded) for `cfg` into `dtype` on `device`. Zero-copy (the tensors alias
 // the file mapping) when the checkpoint dtype is the compute dtype on the CPU; converted otherwise. Errors name
 // the file and the tensor (NotFound for a missing tensor, InvalidArgument for a wrong shape or dtype).
-absl::StatusOr<LoadedWeights> LoadWeights(const std::string& dir, const LlamaConfig& cfg, at::ScalarType dtype,
-                                          const at::Device& device, bool compute_digest);
+// Also refused: tensors of layers the config does not declare (a config that under-declares num_hidden_layers would
+// otherwise serve a truncated model), and, with check_finite, any NaN/Inf weight (named). zero_copy=false copies
+// CPU weights out of the mapping (see LoadOptions in llama.h).
+struct WeightsLoad {
+  at::ScalarType dtype = at::kFloat;
+  at::Device device = at::kCPU;
+  bool compute_digest = true;
+  bool check_finite = true;
+  bool zero_copy = true;
+};
+absl::StatusOr<LoadedWeights> LoadWeights(const std::string& dir, const LlamaConfig& cfg, const WeightsLoad& how);
 
 // An owned copy of a checkpoint tensor, converted to `dtype` on the CPU (for tools that outlive the file mapping).
 at::Tensor CopyTensor(const StTensor& t, at::ScalarType dtype);

@@ -12,7 +12,8 @@
 namespace sinkscope::analysis_test {
 
 struct RecordingSink : job::EventSink {
-  using Event = std::variant<job::Started, job::Progress, job::LayerResult, job::PerplexityResult, job::Summary>;
+  using Event = std::variant<job::Started, job::Progress, job::LayerResult, job::PerplexityResult, job::PromptResult,
+                             job::Summary>;
   std::vector<Event> events;
   std::function<void(const job::LayerResult&)> on_layer;  // optional extra callback
 
@@ -23,6 +24,7 @@ struct RecordingSink : job::EventSink {
     events.emplace_back(r);
   }
   void OnPerplexity(const job::PerplexityResult& r) override { events.emplace_back(r); }
+  void OnPrompt(const job::PromptResult& r) override { events.emplace_back(r); }
   void OnSummary(const job::Summary& s) override { events.emplace_back(s); }
 
   template <class T>

@@ -14,7 +14,9 @@ models:
   - {name: abs, path: /abs/dir, device: cuda:1}
   - {name: nodigest, path: x, digest: false}
 datasets_dir: data
-limits: {max_tokens_per_prompt: 512, max_prompts_per_job: 10, max_queued_jobs: 3, pack_tokens: 0}
+limits: {max_tokens_per_prompt: 512, max_prompts_per_job: 10, max_queued_jobs: 3, pack_tokens: 0,
+         max_tokens_per_job: 30000000000, max_planned_passes: 77, forward_memory_bytes: 8589934592,
+         max_request_bytes: 65536}
 )", "/srv/sinkscope/deploy");
   ASSERT_TRUE(c.ok()) << c.status();
   ASSERT_EQ(c->models.size(), 3u);
@@ -31,6 +33,10 @@ limits: {max_tokens_per_prompt: 512, max_prompts_per_job: 10, max_queued_jobs: 3
   EXPECT_EQ(c->limits.pack_tokens, 0);
   EXPECT_EQ(c->limits.data_dir, "/srv/sinkscope/deploy/data");
   EXPECT_EQ(c->max_queued_jobs, 3);
+  EXPECT_EQ(c->limits.max_tokens_per_job, 30'000'000'000);
+  EXPECT_EQ(c->limits.max_planned_passes, 77);
+  EXPECT_EQ(c->limits.forward_memory_bytes, int64_t{8} << 30);
+  EXPECT_EQ(c->max_request_bytes, 65536);
 }
 
 TEST(ServerConfig, ErrorsNameTheKey) {
@@ -47,6 +53,9 @@ TEST(ServerConfig, ErrorsNameTheKey) {
       {"models: [{name: a, path: p}, {name: a, path: q}]", "models[1].name: duplicate"},
       {"models: [{name: a, path: p, colour: red}]", "unknown key 'colour'"},
       {"models: [{name: a, path: p}]\nlimits: {max_queued_jobs: -1}", "limits.max_queued_jobs"},
+      {"models: [{name: a, path: p}]\nlimits: {max_request_bytes: 10}", "limits.max_request_bytes: 10 out of range"},
+      {"models: [{name: a, path: p}]\nlimits: {max_tokens_per_job: 0}", "limits.max_tokens_per_job: 0 out of range"},
+      {"models: [{name: a, path: p}]\nlimits: {forward_memory_bytes: -5}", "limits.forward_memory_bytes"},
       {"models: [{name: a, path: p}]\nlimits: {max_queued_jobs: many}", "limits.max_queued_jobs: expected an integer"},
       {"models: [{name: 'a b', path: p}]", "models[0].name"},
       {"models: [{name: a, path: p}]\nports: 3", "unknown key 'ports'"},
@@ -65,4 +74,36 @@ TEST(ServerConfig, MissingFileIsNotFound) {
   auto r = sinkscope::server::LoadServerConfig("/nonexistent/sinkscope.yaml");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(ServerConfig, StateBlock) {
+  auto d = ParseServerConfig("models: [{name: a, path: p}]", "/tmp");
+  ASSERT_TRUE(d.ok());
+  EXPECT_TRUE(d->state.requeue_interrupted);
+  EXPECT_EQ(d->state.keep_finished, 1000);
+  EXPECT_EQ(d->state.max_bytes, 0);
+  EXPECT_EQ(d->state.max_age_days, 0);
+  EXPECT_TRUE(d->state.cache);
+  auto c = ParseServerConfig(
+      "models: [{name: a, path: p}]\n"
+      "state: {interrupted: fail, keep_finished: 10, max_bytes: 1000000000, max_age_days: 0.5, cache: false}",
+      "/tmp");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->state.requeue_interrupted);
+  EXPECT_EQ(c->state.keep_finished, 10);
+  EXPECT_EQ(c->state.max_bytes, 1000000000);
+  EXPECT_DOUBLE_EQ(c->state.max_age_days, 0.5);
+  EXPECT_FALSE(c->state.cache);
+  for (const auto& [yaml, expect] : std::vector<std::pair<std::string, std::string>>{
+           {"state: {interrupted: retry}", "state.interrupted: 'retry' (expected requeue or fail)"},
+           {"state: {keep_finished: 0}", "state.keep_finished: 0 must be >= 1"},
+           {"state: {max_bytes: lots}", "state.max_bytes: expected an integer"},
+           {"state: {max_age_days: -1}", "state.max_age_days: -1 must be >= 0"},
+           {"state: {cache: perhaps}", "state.cache: expected true or false"},
+           {"state: {dir: /var/lib}", "state: unknown key 'dir'"},
+           {"state: 3", "state: must be a mapping"}}) {
+    auto r = ParseServerConfig("models: [{name: a, path: p}]\n" + yaml, "/tmp");
+    ASSERT_FALSE(r.ok()) << yaml;
+    EXPECT_EQ(r.status().message(), expect) << yaml;
+  }
 }

@@ -17,11 +17,11 @@ namespace {
 // The shipped tiny RoPE model, registered as "m" (the name every spec below uses).
 const sinkscope::server::Registry& Models() {
   static auto* r = [] {
-    auto* reg = new sinkscope::server::Registry(
-        {{"m", std::string(SINKSCOPE_SOURCE_DIR) + "/models/tiny-rope", "float32", "cpu", ""}});
-    reg->StartLoading();
-    reg->WaitLoaded();
-    return reg;
+    auto* reg = new std::shared_ptr<sinkscope::server::Registry>(sinkscope::server::MakeRegistry(
+        {{"m", std::string(SINKSCOPE_SOURCE_DIR) + "/models/tiny-rope", "float32", "cpu", ""}}));
+    (*reg)->StartLoading(std::chrono::seconds(600));
+    (*reg)->WaitLoaded();
+    return reg->get();
   }();
   return *r;
 }

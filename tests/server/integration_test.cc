@@ -27,6 +27,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/server.h"
 #include "sinkscope/v1/service.grpc.pb.h"
+#include "tests/server/test_util.h"
 
 namespace fs = std::filesystem;
 namespace v1 = sinkscope::v1;
@@ -37,29 +38,8 @@ namespace {
 constexpr int kLayers = 3;
 
 
-std::string Shell(const std::string& cmd, int* rc = nullptr) {
-  std::array<char, 4096> buf;
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return out;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  const int st = pclose(p);
-  if (rc) *rc = WEXITSTATUS(st);
-  return out;
-}
-
-void MakeModel(const fs::path& dir, const std::string& attention, int seed) {
-  int rc = 0;
-  const std::string out = Shell(absl::StrCat(SINKSCOPE_PYTHON, " ", SINKSCOPE_SOURCE_DIR,
-                                           "/tests/reference/make_tiny_llama.py --out ", dir.string(), " --layers ",
-                                           kLayers, " --hidden 64 --heads 4 --kv-heads 2 --vocab 4096 --max-pos 512",
-                                           " --attention ", attention, " --shards 2 --seed ", seed, " 2>&1"),
-                              &rc);
-  ASSERT_EQ(rc, 0) << out;
-  fs::copy_file(fs::path(SINKSCOPE_SOURCE_DIR) / "models/tokenizer/tokenizer.model", dir / "tokenizer.model",
-                fs::copy_options::overwrite_existing);
-}
+using sinkscope::server_test::MakeModel;
+using sinkscope::server_test::Shell;
 
 class ServerTest : public testing::Test {
  protected:
@@ -161,15 +141,21 @@ class ServerTest : public testing::Test {
 };
 fs::path* ServerTest::dir_ = nullptr;
 
-TEST_F(ServerTest, HealthIsServingAfterLoad) {
+TEST_F(ServerTest, HealthSaysWhichModelsServe) {
+  // The configured "broken" model failed to load: the server is NOT_SERVING as a whole (probes must notice a
+  // misconfigured server), while the per-model names say which models do serve.
   auto health = grpc::health::v1::Health::NewStub(channel_);
-  for (const char* svc : {"", "sinkscope.v1.Sinkscope"}) {
+  for (const auto& [svc, serving] : std::vector<std::pair<std::string, bool>>{{"", false},
+                                                                            {"sinkscope.v1.Sinkscope", false},
+                                                                            {"sinkscope.v1.Sinkscope/tiny-rope", true},
+                                                                            {"sinkscope.v1.Sinkscope/tiny-nope", true},
+                                                                            {"sinkscope.v1.Sinkscope/broken", false}}) {
     grpc::ClientContext ctx;
     grpc::health::v1::HealthCheckRequest req;
     req.set_service(svc);
     grpc::health::v1::HealthCheckResponse resp;
-    ASSERT_TRUE(health->Check(&ctx, req, &resp).ok());
-    EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING) << svc;
+    ASSERT_TRUE(health->Check(&ctx, req, &resp).ok()) << svc;
+    EXPECT_EQ(resp.status() == grpc::health::v1::HealthCheckResponse::SERVING, serving) << svc;
   }
 }
 
@@ -305,7 +291,10 @@ TEST_F(ServerTest, PairedJobStreamsLayersThenSummary) {
   ASSERT_EQ(tail.size(), evs.size() - 2);
   for (size_t i = 0; i < tail.size(); ++i)
     EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(tail[i], evs[i + 2])) << i;
-  EXPECT_TRUE(Stream(*id, evs.size()).empty());
+  // Re-attaching past the end still ends with the Finished event.
+  const auto past = Stream(*id, evs.size() + 5);
+  ASSERT_EQ(past.size(), 1u);
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(past[0], evs.back()));
 }
 
 TEST_F(ServerTest, BadJobsAreRejectedAndServerKeepsServing) {
@@ -506,9 +495,9 @@ TEST_F(ServerTest, CliEndToEnd) {
   EXPECT_NE(out.find("tiny-rope"), std::string::npos);
   EXPECT_NE(out.find("READY"), std::string::npos);
 
-  out = Shell(cli + "health", &rc);
-  EXPECT_EQ(rc, 0) << out;
-  EXPECT_NE(out.find("SERVING"), std::string::npos);
+  out = Shell(cli + "health", &rc);  // the configured "broken" model failed: the server is not fully serving
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("NOT_SERVING"), std::string::npos) << out;
 
   out = Shell(cli + "-f json run -m tiny-rope,tiny-nope -t 'The cat sat on the mat.' --sink-rate --residual", &rc);
   EXPECT_EQ(rc, 0) << out;
@@ -522,8 +511,8 @@ TEST_F(ServerTest, CliEndToEnd) {
 
   out = Shell(cli + "-f csv run -m tiny-rope -t 'Hello there.' --sink-rate", &rc);
   EXPECT_EQ(rc, 0) << out;
-  EXPECT_NE(out.find("kind,model,layer,metric,value"), std::string::npos);
-  EXPECT_NE(out.find("layer,tiny-rope,0,sink_rate,"), std::string::npos) << out;
+  EXPECT_NE(out.find("job_id,kind,model,condition,prompt,layer,head,metric,value"), std::string::npos) << out;
+  EXPECT_NE(out.find(",layer,tiny-rope,baseline,,0,,sink_rate,"), std::string::npos) << out;
 
   out = Shell(cli + "run -m tiny-rope,tiny-nope -t 'One more test sentence.' --sink-rate --residual --perplexity", &rc);
   EXPECT_EQ(rc, 0) << out;
@@ -538,7 +527,7 @@ TEST_F(ServerTest, CliEndToEnd) {
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("SUCCEEDED"), std::string::npos);
   out = Shell(absl::StrCat(SINKSCOPE_CLI_PATH, " -s 127.0.0.1:1 --timeout 2 models 2>&1"), &rc);
-  EXPECT_EQ(rc, 2);
+  EXPECT_EQ(rc, 3);  // unavailable
   EXPECT_NE(out.find("unavailable"), std::string::npos) << out;
 }
 

@@ -19,14 +19,14 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Collects the scheduler's state reports; waits for a job's end.
+// Collects the scheduler's state reports; waits for a job's end (or interruption).
 class Recorder {
  public:
   Scheduler::StateFn Fn() {
     return [this](const std::string& id, v1::JobState to, const absl::Status& why) {
       std::lock_guard<std::mutex> l(mu_);
       if (to == v1::JOB_STATE_RUNNING) started_.push_back(id);
-      if (sinkscope::server::IsTerminal(to)) ends_[id] = {to, why};
+      if (sinkscope::server::IsTerminal(to) || to == v1::JOB_STATE_INTERRUPTED) ends_[id] = {to, why};
       cv_.notify_all();
     };
   }
@@ -36,6 +36,10 @@ class Recorder {
     cv_.wait_for(l, 10s, [&] { return ends_.count(id) > 0; });
     auto it = ends_.find(id);
     return it == ends_.end() ? std::pair{v1::JOB_STATE_UNSPECIFIED, absl::UnknownError("no end")} : it->second;
+  }
+  bool Reported(const std::string& id) {
+    std::lock_guard<std::mutex> l(mu_);
+    return ends_.count(id) > 0;
   }
   bool WaitStarted(const std::string& id) {
     std::unique_lock<std::mutex> l(mu_);
@@ -224,10 +228,27 @@ TEST(Scheduler, ShutdownCancelsQueuedAndRunning) {
   s.Shutdown();  // idempotent
 }
 
+TEST(Scheduler, ShutdownKeepingJobsInterruptsRunningAndLeavesQueued) {
+  Recorder rec;
+  Scheduler s(1, UntilCancelled(), rec.Fn());
+  ASSERT_TRUE(Enqueue(s, T("running")).ok());
+  ASSERT_TRUE(rec.WaitStarted("running"));
+  ASSERT_TRUE(Enqueue(s, T("queued")).ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(Enqueue(s, T("over")).status()));
+  Scheduler::Ticket recovered = T("recovered");
+  recovered.admitted = true;  // accepted before a restart: over the limit is fine
+  EXPECT_TRUE(Enqueue(s, std::move(recovered)).ok());
+  s.Shutdown(Scheduler::StopMode::kKeep);
+  EXPECT_EQ(rec.End("running").first, v1::JOB_STATE_INTERRUPTED);
+  EXPECT_TRUE(absl::IsUnavailable(rec.End("running").second));
+  EXPECT_FALSE(rec.Reported("queued"));  // no report: the store keeps it QUEUED for the next start
+  EXPECT_EQ(rec.started(), std::vector<std::string>{"running"});
+}
+
 TEST(JobState, OnlyTheLifecycleArrowsAreAllowed) {
   using sinkscope::server::SetState;
   const v1::JobState kAll[] = {v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED,
-                               v1::JOB_STATE_FAILED, v1::JOB_STATE_CANCELLED};
+                               v1::JOB_STATE_FAILED, v1::JOB_STATE_CANCELLED, v1::JOB_STATE_INTERRUPTED};
   int allowed = 0;
   for (v1::JobState from : kAll)
     for (v1::JobState to : kAll) {
@@ -236,8 +257,10 @@ TEST(JobState, OnlyTheLifecycleArrowsAreAllowed) {
       job.set_queue_position(3);
       const v1::Job before = job;
       const absl::Status st = SetState(&job, to, absl::OkStatus());
-      const bool legal = (from == v1::JOB_STATE_QUEUED && (to == v1::JOB_STATE_RUNNING || to == v1::JOB_STATE_CANCELLED)) ||
-                         (from == v1::JOB_STATE_RUNNING && sinkscope::server::IsTerminal(to));
+      const bool legal =
+          (from == v1::JOB_STATE_QUEUED && (to == v1::JOB_STATE_RUNNING || to == v1::JOB_STATE_CANCELLED)) ||
+          (from == v1::JOB_STATE_RUNNING && (sinkscope::server::IsTerminal(to) || to == v1::JOB_STATE_INTERRUPTED)) ||
+          (from == v1::JOB_STATE_INTERRUPTED && (to == v1::JOB_STATE_QUEUED || to == v1::JOB_STATE_FAILED));
       EXPECT_EQ(st.ok(), legal) << v1::JobState_Name(from) << " -> " << v1::JobState_Name(to);
       if (legal) {
         ++allowed;
@@ -248,7 +271,27 @@ TEST(JobState, OnlyTheLifecycleArrowsAreAllowed) {
         EXPECT_EQ(job.SerializeAsString(), before.SerializeAsString());  // untouched
       }
     }
-  EXPECT_EQ(allowed, 5);
+  EXPECT_EQ(allowed, 8);
+  EXPECT_FALSE(sinkscope::server::IsTerminal(v1::JOB_STATE_INTERRUPTED));
+}
+
+TEST(JobState, InterruptedThenQueuedStartsOver) {
+  using sinkscope::server::SetState;
+  v1::Job job;
+  job.set_state(v1::JOB_STATE_RUNNING);
+  job.set_progress(0.4);
+  ASSERT_TRUE(SetState(&job, v1::JOB_STATE_INTERRUPTED, absl::AbortedError("server stopped")).ok());
+  EXPECT_FALSE(job.has_finished_at());  // not an end
+  EXPECT_EQ(job.error().message(), "server stopped");
+  ASSERT_TRUE(SetState(&job, v1::JOB_STATE_QUEUED, absl::OkStatus()).ok());
+  EXPECT_DOUBLE_EQ(job.progress(), 0.0);
+  EXPECT_FALSE(job.has_error());
+  EXPECT_FALSE(SetState(&job, v1::JOB_STATE_INTERRUPTED, absl::OkStatus()).ok());  // only a running job
+  v1::Job failed;
+  failed.set_state(v1::JOB_STATE_INTERRUPTED);
+  ASSERT_TRUE(SetState(&failed, v1::JOB_STATE_FAILED, absl::AbortedError("interrupted by a restart")).ok());
+  EXPECT_TRUE(failed.has_finished_at());
+  EXPECT_EQ(failed.error().code(), static_cast<int>(absl::StatusCode::kAborted));
 }
 
 TEST(JobState, StampsTimesProgressAndError) {

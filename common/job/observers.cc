@@ -1,0 +1,80 @@
+#include "common/job/observers.h"
+
+#include "common/analysis/activation_stats.h"
+#include "common/analysis/massive_values.h"
+#include "common/analysis/matrix_entropy.h"
+#include "common/analysis/sink_rate.h"
+#include "common/util/overloaded.h"
+
+namespace sinkscope::job {
+
+std::vector<ComparisonRow> Compare(const std::vector<ModelSummary>& ms) {
+  std::vector<ComparisonRow> rows;
+  for (const auto& [metric, v0] : ms[0].metrics) {
+    ComparisonRow r;
+    r.metric = metric;
+    bool all = true;
+    for (const ModelSummary& s : ms) {
+      auto it = s.metrics.find(metric);
+      if (it == s.metrics.end()) {
+        all = false;
+        break;
+      }
+      r.values.push_back(it->second);
+      r.diffs.push_back(it->second - v0);
+      r.ratios.push_back(v0 != 0 ? it->second / v0 : 0.0);
+    }
+    if (all) rows.push_back(std::move(r));
+  }
+  return rows;
+}
+
+Observers::Observers(const Plan& plan, const analysis::ModelDims& dims) {
+  for (const AnalysisSpec& a : plan.spec.analyses) {
+    std::visit(Overloaded{[&](const SinkRateSpec& s) { emitted.push_back(analysis::MakeSinkRate(s, dims)); },
+                          [&](const MassiveValuesSpec& s) { emitted.push_back(analysis::MakeMassiveValues(s, dims)); },
+                          [&](const ResidualStatsSpec& s) {
+                            auto r = analysis::MakeResidualStats(s, dims, /*emit=*/true);
+                            resid = r.get();
+                            emitted.push_back(std::move(r));
+                          },
+                          [&](const MatrixEntropySpec& s) { emitted.push_back(analysis::MakeMatrixEntropy(s, dims)); },
+                          [&](const PerplexitySpec&) {},
+                          [&](const ActivationStatsSpec& s) {
+                            emitted.push_back(analysis::MakeActivationStats(s, dims));
+                          }},
+               a);
+  }
+  bool need_spike = false, need_ident = false;
+  if (const PerplexitySpec* ppl = plan.perplexity())
+    for (const Intervention& iv : ppl->interventions) {
+      if (const auto* b = std::get_if<BosMlpAblation>(&iv.kind); b && !b->layer) need_spike = true;
+      if (const auto* q = std::get_if<QkMassiveDisruption>(&iv.kind); q && !q->identify_on) need_ident = true;
+    }
+  if (need_spike && resid == nullptr) {
+    hidden_resid = analysis::MakeResidualStats(ResidualStatsSpec{}, dims, /*emit=*/false);
+    resid = hidden_resid.get();
+  }
+  if (need_ident) ident = std::make_unique<analysis::QkIdentifier>(dims);
+  const bool per_prompt = plan.spec.per_prompt || plan.spec.emit_token_ids;
+  for (const auto& a : emitted) {
+    if (per_prompt) a->KeepPerPrompt();
+    last_after_norm |= a->LastLayerAfterFinalNorm();
+    model_level |= a->HasModelLevel();
+  }
+}
+
+
+void Observers::Register(const analysis::PromptCtx& ctx, model::HookSet* hooks) const {
+  for (const auto& a : emitted) a->Register(ctx, hooks);
+  if (hidden_resid) hidden_resid->Register(ctx, hooks);
+  if (ident) ident->Register(hooks);
+}
+
+
+void Observers::Flush() const {
+  for (const auto& a : emitted) a->Flush();
+  if (hidden_resid) hidden_resid->Flush();
+}
+
+}  // namespace sinkscope::job

@@ -1,0 +1,36 @@
+// Observers: the observational analyses of one model in a job and the hidden helpers riding on its baseline
+// pass; Compare: the comparison table of a multi-model job. Internal to common/job (execute.cc).
+#ifndef SINKSCOPE_COMMON_JOB_OBSERVERS_H_
+#define SINKSCOPE_COMMON_JOB_OBSERVERS_H_
+
+#include <memory>
+#include <vector>
+
+#include "common/analysis/analysis.h"
+#include "common/analysis/interventions.h"
+#include "common/analysis/residual_stats.h"
+#include "common/job/plan.h"
+
+namespace sinkscope::job {
+
+// One row per metric every model reports: values, differences and ratios to the first model.
+std::vector<ComparisonRow> Compare(const std::vector<ModelSummary>& ms);
+
+// Observational analyses of one model and the hidden helpers that ride on its baseline pass.
+struct Observers {
+  std::vector<std::unique_ptr<analysis::LayerAnalysis>> emitted;  // the job's own analyses
+  analysis::ResidualStats* resid = nullptr;                       // spike detection (emitted or hidden)
+  std::unique_ptr<analysis::ResidualStats> hidden_resid;
+  std::unique_ptr<analysis::QkIdentifier> ident;  // Q/K massive dims on the job's inputs
+  bool last_after_norm = false, model_level = false;
+
+  Observers(const Plan& plan, const analysis::ModelDims& dims);
+  // Registers every analysis's observers for one prompt of a pack.
+  void Register(const analysis::PromptCtx& ctx, model::HookSet* hooks) const;
+  // Deferred (batched) work of the analyses, after every layer and forward.
+  void Flush() const;
+};
+
+}  // namespace sinkscope::job
+
+#endif  // SINKSCOPE_COMMON_JOB_OBSERVERS_H_

@@ -1,0 +1,117 @@
+// Helpers shared by the server test files (see test_util.h).
+#include "tests/server/test_util.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+
+namespace fs = std::filesystem;
+
+namespace sinkscope::server_test {
+
+std::string Shell(const std::string& cmd, int* rc) {
+  std::array<char, 4096> buf;
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int st = pclose(p);
+  if (rc) *rc = WEXITSTATUS(st);
+  return out;
+}
+
+void MakeModel(const fs::path& dir, const std::string& attention, int seed) {
+  int rc = 0;
+  const std::string out = Shell(absl::StrCat(SINKSCOPE_PYTHON, " ", SINKSCOPE_SOURCE_DIR,
+                                           "/tests/reference/make_tiny_llama.py --out ", dir.string(),
+                                           " --layers 3 --hidden 64 --heads 4 --kv-heads 2 --vocab 4096 --max-pos 512",
+                                           " --attention ", attention, " --shards 2 --seed ", seed, " 2>&1"),
+                              &rc);
+  ASSERT_EQ(rc, 0) << out;
+  fs::copy_file(fs::path(SINKSCOPE_SOURCE_DIR) / "models/tokenizer/tokenizer.model", dir / "tokenizer.model",
+                fs::copy_options::overwrite_existing);
+}
+
+fs::path TempDir(const std::string& tag) {
+  const fs::path d = fs::path(testing::TempDir()) / absl::StrCat("sinkscope-", tag, "-", getpid());
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+SpawnedServer::SpawnedServer(const fs::path& dir, const std::string& name, const std::vector<std::string>& args)
+    : log_(dir / (name + ".log")) {
+  const fs::path port_file = dir / (name + ".port");
+  fs::remove(port_file);
+  std::vector<std::string> argv = {SINKSCOPED_PATH, "--threads", "1", "--port_file", port_file.string()};
+  bool listen = false;
+  for (const std::string& a : args) listen |= a.rfind("--listen", 0) == 0;
+  if (!listen) argv.insert(argv.end(), {"--listen", "127.0.0.1:0"});
+  argv.insert(argv.end(), args.begin(), args.end());
+  pid_ = fork();
+  if (pid_ == 0) {
+    FILE* f = std::freopen(log_.c_str(), "w", stdout);
+    if (f != nullptr) dup2(fileno(stdout), STDERR_FILENO);
+    std::vector<char*> cargv;
+    for (std::string& a : argv) cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    execv(cargv[0], cargv.data());
+    _exit(127);
+  }
+  // Listening happens before the models load; a server that refuses to start exits instead.
+  for (int i = 0; i < 400 && port_ == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    std::ifstream(port_file) >> port_;
+    int st = 0;
+    if (port_ == 0 && waitpid(pid_, &st, WNOHANG) == pid_) {
+      pid_ = -1;
+      break;
+    }
+  }
+}
+
+SpawnedServer::~SpawnedServer() {
+  if (pid_ > 0) Kill9();
+}
+
+std::string SpawnedServer::log() const {
+  std::stringstream ss;
+  ss << std::ifstream(log_).rdbuf();
+  return ss.str();
+}
+
+bool SpawnedServer::Stop(double seconds) {
+  if (pid_ <= 0) return true;
+  kill(pid_, SIGTERM);
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < until) {
+    int st = 0;
+    if (waitpid(pid_, &st, WNOHANG) == pid_) {
+      pid_ = -1;
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+void SpawnedServer::Kill9() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int st = 0;
+  waitpid(pid_, &st, 0);
+  pid_ = -1;
+}
+
+}  // namespace sinkscope::server_test

@@ -1,0 +1,43 @@
+// Helpers shared by the server test files: shell commands, tiny checkpoints, and a spawned sinkscoped process.
+#pragma once
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace sinkscope::server_test {
+
+// Runs `cmd` with /bin/sh, returns its stdout; *rc gets the exit status.
+std::string Shell(const std::string& cmd, int* rc = nullptr);
+
+// A random tiny Llama checkpoint (tests/reference/make_tiny_llama.py: 3 layers, d=64, GQA 4/2, vocab 4096,
+// context 512, 2 shards) with the shipped tokenizer. attention: rope | nope | qk_norm_nope ...
+void MakeModel(const std::filesystem::path& dir, const std::string& attention, int seed);
+
+// A fresh directory under the test temp dir, removed by the caller when done.
+std::filesystem::path TempDir(const std::string& tag);
+
+// The built sinkscoped, started with `args` (plus --listen 127.0.0.1:0 unless args name --listen, and --port_file),
+// logging into <dir>/<name>.log. Stop() sends SIGTERM and waits; the destructor kills what is left.
+class SpawnedServer {
+ public:
+  SpawnedServer(const std::filesystem::path& dir, const std::string& name, const std::vector<std::string>& args);
+  ~SpawnedServer();
+  bool started() const { return port_ > 0; }
+  int port() const { return port_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  pid_t pid() const { return pid_; }
+  std::string log() const;
+  // SIGTERM, then waits up to `seconds`; true when it exited in time.
+  bool Stop(double seconds = 10);
+  void Kill9();
+
+ private:
+  std::filesystem::path log_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+};
+
+}  // namespace sinkscope::server_test
