@@ -35,16 +35,22 @@ enum class Action { kNone, kSubmit, kAttach };
 
 class BatchRunner {
  public:
-  BatchRunner(const Credentials& cred, std::vector<Replica> replicas, const BatchOptions& o,
-              std::vector<BatchJob> jobs, Manifest manifest)
-      : cred_(cred), replicas_(std::move(replicas)), o_(o), jobs_(std::move(jobs)), m_(std::move(manifest)),
+  BatchRunner(const Credentials& cred, std::vector<Replica> replicas, const BatchOptions& o, std::vector<BatchJob> jobs,
+              Manifest manifest)
+      : cred_(cred),
+        replicas_(std::move(replicas)),
+        o_(o),
+        jobs_(std::move(jobs)),
+        m_(std::move(manifest)),
         progress_(o.progress, std::cerr) {}
 
   int Run();
 
  private:
   std::string ManifestPath() const { return (fs::path(o_.out_dir) / "manifest.json").string(); }
-  std::string EventsPath(size_t i) const { return (fs::path(o_.out_dir) / "jobs" / (jobs_[i].name + ".jsonl")).string(); }
+  std::string EventsPath(size_t i) const {
+    return (fs::path(o_.out_dir) / "jobs" / (jobs_[i].name + ".jsonl")).string();
+  }
   std::string CsvPath(size_t i) const { return (fs::path(o_.out_dir) / "jobs" / (jobs_[i].name + ".csv")).string(); }
 
   void Plan();
@@ -54,6 +60,8 @@ class BatchRunner {
   grpc::Status Stream(size_t i);
   bool Submit(size_t i);
   Client& ClientFor(const std::string& target, const std::string& tls_name);
+  // Job i's server (from the manifest) and its job id there.
+  Client& JobClient(size_t i, std::string* job_id);
   const Replica* PickReplica(const std::string& avoid);
   void SaveLocked();
   void Say(const std::string& line);
@@ -216,15 +224,20 @@ bool BatchRunner::Submit(size_t i) {
   return false;
 }
 
-grpc::Status BatchRunner::Stream(size_t i) {
-  std::string target, tls_name, id;
+Client& BatchRunner::JobClient(size_t i, std::string* job_id) {
+  std::string target, tls_name;
   {
     std::lock_guard<std::mutex> lock(mu_);
     target = m_.jobs[i].server;
     tls_name = m_.jobs[i].tls_name;
-    id = m_.jobs[i].job_id;
+    *job_id = m_.jobs[i].job_id;
   }
-  Client& c = ClientFor(target, tls_name);
+  return ClientFor(target, tls_name);
+}
+
+grpc::Status BatchRunner::Stream(size_t i) {
+  std::string id;
+  Client& c = JobClient(i, &id);
   grpc::ClientContext ctx;
   c.Prepare(&ctx, /*deadline=*/false);
   {
@@ -348,14 +361,8 @@ void BatchRunner::CancelSubmitted() {
       if (!m_.jobs[i].job_id.empty() && !IsTerminal(m_.jobs[i].state)) todo.push_back(i);
   }
   for (size_t i : todo) {
-    std::string target, tls, id;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      target = m_.jobs[i].server;
-      tls = m_.jobs[i].tls_name;
-      id = m_.jobs[i].job_id;
-    }
-    Client& c = ClientFor(target, tls);
+    std::string id;
+    Client& c = JobClient(i, &id);
     grpc::ClientContext ctx;
     c.Prepare(&ctx);
     v1::CancelJobRequest req;
@@ -363,8 +370,10 @@ void BatchRunner::CancelSubmitted() {
     v1::CancelJobResponse resp;
     const grpc::Status st = c.stub().CancelJob(&ctx, req, &resp);
     std::lock_guard<std::mutex> lock(mu_);
-    if (st.ok()) m_.jobs[i].state = StateName(resp.state());
-    else m_.jobs[i].error = "cancel failed: " + st.error_message();
+    if (st.ok())
+      m_.jobs[i].state = StateName(resp.state());
+    else
+      m_.jobs[i].error = "cancel failed: " + st.error_message();
   }
 }
 

@@ -65,7 +65,8 @@ json ToJson(const YAML::Node& n) {
 
 std::string SafeName(const std::string& s) {
   std::string out;
-  for (char c : s) out += absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' ? c : '_';
+  for (char c : s)
+    out += absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' ? c : '_';
   while (!out.empty() && out[0] == '.') out.erase(0, 1);
   return out.substr(0, 80);
 }

@@ -20,10 +20,10 @@ struct ManifestEntry {
   // PENDING (not submitted), SUBMITTING (server chosen; a rerun resubmits with the same idempotency key),
   // QUEUED, RUNNING, LOST (contact lost while running; a rerun re-attaches), SUCCEEDED, FAILED, CANCELLED.
   std::string state = "PENDING";
-  int attempt = 0;      // resubmissions after FAILED / CANCELLED
-  int error_code = 0;   // gRPC code of the failure
+  int attempt = 0;     // resubmissions after FAILED / CANCELLED
+  int error_code = 0;  // gRPC code of the failure
   std::string error;
-  double seconds = 0;   // wall time of the last attempt, client side
+  double seconds = 0;  // wall time of the last attempt, client side
 };
 
 struct Manifest {

@@ -79,8 +79,8 @@ int PrintBatchSummary(const Manifest& m, const BatchReport& r) {
     std::cout << ", " << failed << " failed or cancelled";
     if (pending) std::cout << ", " << pending << " not finished";
     std::cout << "\nall jobs (long CSV): " << (fs::path(r.out_dir) / "results.csv").string()
-              << (wide ? "  (wide: results-wide.csv)" : "") << "\nper job:  "
-              << (fs::path(r.out_dir) / "jobs").string() << "/<job>.jsonl (events) and .csv"
+              << (wide ? "  (wide: results-wide.csv)" : "") << "\nper job:  " << (fs::path(r.out_dir) / "jobs").string()
+              << "/<job>.jsonl (events) and .csv"
               << "\nmanifest: " << r.manifest_path << "\n";
     if (failed || pending) std::cout << "rerun the same command to retry failed jobs and re-attach to running ones\n";
   }

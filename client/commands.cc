@@ -6,6 +6,7 @@
 #include <chrono>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -85,6 +86,8 @@ int RpcError(const grpc::Status& st, const std::string& target) {
     default: break;
   }
   std::cerr << "sinkscope: " << what << st.error_message() << " (code " << st.error_code() << ")\n";
+  if (absl::StrContains(st.error_message(), "truncate_to_context"))  // the server names the JobSpec field
+    std::cerr << "sinkscope: run with --truncate-to-context (or --max-tokens N) to cut such prompts\n";
   return ExitCodeFor(st.error_code());
 }
 
@@ -92,6 +95,10 @@ Client::Client(const Credentials& cred, const std::string& target, const std::st
     : cred_(cred), target_(target) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);  // above gRPC's 4 MiB default, for large job lists and summaries
+  // Reconnect within 2 s of a server coming (back) up (`health --wait` waits for it with wait-for-ready); gRPC's
+  // default back-off grows to 2 minutes.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 250);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (cred.ca_pem.empty()) {
     creds = grpc::InsecureChannelCredentials();
@@ -143,7 +150,8 @@ int Watch(Client& c, const WatchOptions& o, const std::string& id, uint64_t from
   SetInterruptHandler([&](int n) {
     std::lock_guard<std::mutex> lock(stop_mu);
     if (o.cancel_on_interrupt && n == 1) {
-      progress.Around([&] { std::cerr << "sinkscope: cancelling job " << id << " (Ctrl-C again to leave it running)\n"; });
+      progress.Around(
+          [&] { std::cerr << "sinkscope: cancelling job " << id << " (Ctrl-C again to leave it running)\n"; });
       grpc::ClientContext cc;
       c.Prepare(&cc);
       v1::CancelJobRequest creq;
@@ -197,30 +205,74 @@ int Watch(Client& c, const WatchOptions& o, const std::string& id, uint64_t from
   return code;
 }
 
+namespace {
+
+// What `health` prints and returns for a final answer: the status name (exit 0 when SERVING, else 3), the server's
+// refusal for credentials and other errors (RpcError), "UNREACHABLE: ..." when nothing answered (3).
+int HealthVerdict(Client& c, const grpc::Status& st, const grpc::health::v1::HealthCheckResponse* last,
+                  const std::string& unreachable) {
+  using grpc::health::v1::HealthCheckResponse;
+  if (last != nullptr) {
+    std::cout << HealthCheckResponse::ServingStatus_Name(last->status()) << "\n";
+    return last->status() == HealthCheckResponse::SERVING ? kExitOk : kExitUnavailable;
+  }
+  if (st.error_code() != grpc::StatusCode::UNAVAILABLE && st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED)
+    return RpcError(st, c.target());
+  std::cout << "UNREACHABLE: " << unreachable << "\n";
+  return kExitUnavailable;
+}
+
+}  // namespace
+
 int Health(Client& c, double wait) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(wait * 1000));
-  for (;;) {
-    // Each probe has its own short deadline, independent of --timeout, so --wait alone bounds the polling.
+  using grpc::health::v1::HealthCheckResponse;
+  grpc::health::v1::HealthCheckRequest req;
+  if (wait <= 0) {  // one Check, failing fast
     grpc::ClientContext ctx;
     c.Prepare(&ctx);
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    grpc::health::v1::HealthCheckRequest req;
-    grpc::health::v1::HealthCheckResponse resp;
-    auto st = c.health().Check(&ctx, req, &resp);
-    const bool serving = st.ok() && resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
-    const bool auth = st.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
-                      st.error_code() == grpc::StatusCode::PERMISSION_DENIED;
-    if (serving || auth || std::chrono::steady_clock::now() >= until) {
-      if (!st.ok() && st.error_code() != grpc::StatusCode::UNAVAILABLE &&
-          st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED)
-        return RpcError(st, c.target());
-      std::cout << (st.ok() ? grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status())
-                            : "UNREACHABLE: " + st.error_message())
-                << "\n";
-      return serving ? kExitOk : kExitUnavailable;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    HealthCheckResponse resp;
+    const grpc::Status st = c.health().Check(&ctx, req, &resp);
+    return HealthVerdict(c, st, st.ok() ? &resp : nullptr, st.error_message());
   }
+  // --wait: a Health.Watch stream with wait-for-ready under one deadline. gRPC holds the call until the server
+  // accepts connections, the server pushes every status change, and the first SERVING ends the command. A stream
+  // the server ends (a restart) is opened again, and again waits for the server, until the deadline.
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(wait * 1000));
+  std::optional<HealthCheckResponse> last;
+  grpc::Status st;
+  while (std::chrono::system_clock::now() < deadline) {
+    grpc::ClientContext ctx;
+    c.Prepare(&ctx, /*deadline=*/false);
+    ctx.set_deadline(deadline);
+    ctx.set_wait_for_ready(true);
+    auto reader = c.health().Watch(&ctx, req);
+    HealthCheckResponse resp;
+    bool serving = false;
+    while (!serving && reader->Read(&resp)) {
+      last = resp;
+      serving = resp.status() == HealthCheckResponse::SERVING;
+    }
+    if (serving) ctx.TryCancel();
+    st = reader->Finish();
+    if (serving) break;
+    if (st.error_code() == grpc::StatusCode::UNIMPLEMENTED) {  // a server without Watch: one waiting Check
+      grpc::ClientContext cc;
+      c.Prepare(&cc, /*deadline=*/false);
+      cc.set_deadline(deadline);
+      cc.set_wait_for_ready(true);
+      st = c.health().Check(&cc, req, &resp);
+      if (st.ok()) last = resp;
+      break;
+    }
+    if (!st.ok() && st.error_code() != grpc::StatusCode::UNAVAILABLE &&
+        st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED)
+      return RpcError(st, c.target());
+    // The stream broke (server going away): the next Watch waits for it again; a short pause so that a server
+    // closing streams as fast as they open cannot spin this loop.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return HealthVerdict(c, st, last ? &*last : nullptr,
+                       absl::StrCat("no server answered within ", wait, " s (", st.error_message(), ")"));
 }
 
 int Submit(Client& c, const WatchOptions& o, const v1::JobSpec& spec, bool detach) {
@@ -228,8 +280,10 @@ int Submit(Client& c, const WatchOptions& o, const v1::JobSpec& spec, bool detac
   *req.mutable_spec() = spec;
   return Unary(c, &v1::Sinkscope::Stub::SubmitJob, req, [&](const v1::SubmitJobResponse& resp) {
     if (!detach) return Watch(c, o, resp.job_id(), 0);
-    if (o.render.format == Format::kJson) std::cout << ToJson(resp) << "\n";
-    else std::cout << resp.job_id() << "\n";
+    if (o.render.format == Format::kJson)
+      std::cout << ToJson(resp) << "\n";
+    else
+      std::cout << resp.job_id() << "\n";
     return 0;
   });
 }
@@ -238,8 +292,10 @@ int Cancel(Client& c, const RenderOptions& o, const std::string& id) {
   v1::CancelJobRequest req;
   req.set_job_id(id);
   return Unary(c, &v1::Sinkscope::Stub::CancelJob, req, [&](const v1::CancelJobResponse& resp) {
-    if (o.format == Format::kJson) std::cout << ToJson(resp) << "\n";
-    else std::cout << StateName(resp.state()) << "\n";
+    if (o.format == Format::kJson)
+      std::cout << ToJson(resp) << "\n";
+    else
+      std::cout << StateName(resp.state()) << "\n";
     if (resp.state() == v1::JOB_STATE_CANCELLED) return 0;
     std::cerr << "sinkscope: job " << id << " had already finished (" << StateName(resp.state())
               << "); nothing was cancelled\n";
@@ -257,7 +313,7 @@ int ListJobs(Client& c, const RenderOptions& o, int limit, const std::string& pa
     v1::JobState js;
     if (!v1::JobState_Parse("JOB_STATE_" + s, &js)) {
       std::cerr << "sinkscope: --state: unknown state '" << s
-                << "' (expected queued, running, succeeded, failed or cancelled)\n";
+                << "' (expected queued, running, succeeded, failed, cancelled or interrupted)\n";
       return kExitUsage;
     }
     req.add_states(js);

@@ -90,15 +90,16 @@ auto Print(void (*render)(const Response&, const RenderOptions&, std::ostream&),
 
 struct WatchOptions {
   RenderOptions render;
-  bool progress = false;              // draw the progress line (stderr is a terminal, no --quiet)
-  std::string save;                   // also write every event as a JSON line to this file
-  std::string plot_dir;               // write the study's figures here when the job ends
-  bool cancel_on_interrupt = false;   // Ctrl-C cancels the job (run); else it only stops watching (watch)
+  bool progress = false;             // draw the progress line (stderr is a terminal, no --quiet)
+  std::string save;                  // also write every event as a JSON line to this file
+  std::string plot_dir;              // write the study's figures here when the job ends
+  bool cancel_on_interrupt = false;  // Ctrl-C cancels the job (run); else it only stops watching (watch)
 };
 
 // Streams a job's events from seq `from`, rendering them; the job's exit status (0, 4 failed, 5 cancelled).
 int Watch(Client& c, const WatchOptions& o, const std::string& id, uint64_t from);
-// Polls grpc.health.v1 every 200 ms for up to `wait` seconds; prints the last status; 0 once SERVING, else 3.
+// grpc.health.v1: prints the status; 0 when SERVING, else 3. `wait` > 0: waits up to that many seconds for
+// SERVING with wait-for-ready and the Watch stream (no polling): the server may not be listening yet.
 int Health(Client& c, double wait);
 // Submits `spec`; prints its id when `detach`, else streams it like Watch.
 int Submit(Client& c, const WatchOptions& o, const sinkscope::v1::JobSpec& spec, bool detach);

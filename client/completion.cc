@@ -41,31 +41,39 @@ std::string BashCompletion(CLI::App& app) {
                     " --help\";;\n");
   }
   values.erase("--help");
-  std::set<std::string> special = {"-f", "--format", "-m", "--model", "-d", "--dataset", "--spec", "--texts-file",
-                                   "--token-file", "--tls-ca", "--save", "--out", "--plot"};
+  std::set<std::string> special = {"-f",        "--format", "-m",           "--model",      "-d",
+                                   "--dataset", "--spec",   "--texts-file", "--token-file", "--tls-ca",
+                                   "--save",    "--out",    "--plot"};
   std::vector<std::string> plain;
   for (const auto& v : values)
     if (!special.count(v)) plain.push_back(v);
   return absl::StrCat(R"SH(# bash completion for sinkscope. Install: source <(sinkscope completion bash)
+_sinkscope_names() {  # the server's model or dataset names (first CSV column), for -m and -d
+  "${COMP_WORDS[0]}" -q -f csv "$1" 2>/dev/null | tail -n +2 | cut -d, -f1
+}
 _sinkscope() {
   local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
-  local cmds=")SH", absl::StrJoin(cmds, " "), R"SH("
-  local global=")SH", absl::StrJoin(global, " "), R"SH( --help"
+  local cmds=")SH",
+                      absl::StrJoin(cmds, " "), R"SH("
+  local global=")SH",
+                      absl::StrJoin(global, " "), R"SH( --help"
   local cmd="" i
   for ((i = 1; i < COMP_CWORD; i++)); do
     case " $cmds " in *" ${COMP_WORDS[i]} "*) cmd="${COMP_WORDS[i]}"; break;; esac
   done
   case "$prev" in
     -f|--format) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;;
-    -m|--model) COMPREPLY=($(compgen -W "$(${COMP_WORDS[0]} -q -f csv models 2>/dev/null | tail -n +2 | cut -d, -f1)" -- "$cur")); return;;
-    -d|--dataset) COMPREPLY=($(compgen -W "$(${COMP_WORDS[0]} -q -f csv datasets 2>/dev/null | tail -n +2 | cut -d, -f1)" -- "$cur")); return;;
+    -m|--model) COMPREPLY=($(compgen -W "$(_sinkscope_names models)" -- "$cur")); return;;
+    -d|--dataset) COMPREPLY=($(compgen -W "$(_sinkscope_names datasets)" -- "$cur")); return;;
     --spec|--texts-file|--token-file|--tls-ca|--save) COMPREPLY=($(compgen -f -- "$cur")); return;;
     --out|--plot) COMPREPLY=($(compgen -d -- "$cur")); return;;
-    )SH", absl::StrJoin(plain, "|"), R"SH() return;;
+    )SH",
+                      absl::StrJoin(plain, "|"), R"SH() return;;
   esac
   local opts="$global"
   case "$cmd" in
-)SH", cases, R"SH(    "") COMPREPLY=($(compgen -W "$cmds $global" -- "$cur")); return;;
+)SH",
+                      cases, R"SH(    "") COMPREPLY=($(compgen -W "$cmds $global" -- "$cur")); return;;
   esac
   if [[ "$cur" == -* ]]; then
     COMPREPLY=($(compgen -W "$opts $global" -- "$cur"))

@@ -26,7 +26,10 @@ void AddJobFlags(CLI::App* app, JobFlags* f) {
   app->add_option("-d,--dataset", f->dataset, "Built-in dataset name (see `sinkscope datasets`)");
   app->add_option("--ids", f->ids, "Pre-tokenised prompt as comma-separated ids (repeatable)");
   app->add_option("--max-prompts", f->max_prompts, "Use only the first N prompts")->check(CLI::NonNegativeNumber);
-  app->add_option("--max-tokens", f->max_tokens, "Truncate prompts to N tokens incl. BOS")->check(CLI::NonNegativeNumber);
+  app->add_flag("--truncate-to-context", f->truncate_to_context,
+                "Cut prompts longer than a model's context to it (else such a prompt is an error)");
+  app->add_option("--max-tokens", f->max_tokens, "Truncate prompts to N tokens incl. BOS")
+      ->check(CLI::NonNegativeNumber);
   auto* g = app->add_option_group("analyses");
   g->add_flag("--phase", f->phase,
               "Preset: the study's phase comparison (sink rate, BOS residual stats, matrix entropy, massive Q/K/V, "
@@ -56,11 +59,13 @@ void AddJobFlags(CLI::App* app, JobFlags* f) {
       ->delimiter(',');
   g->add_option("--stats", f->stats_hooks, "Activation statistics at hook points (e.g. 'blocks.{L}.hook_resid_post')");
   g->add_option("--spec", f->spec_file,
-                "JobSpec JSON (examples/specs/); -m, --per-prompt, --label override it");
+                "JobSpec JSON (examples/specs/); -m, --max-prompts, --max-tokens, the output switches and the "
+                "scheduling flags apply on top of it");
   auto* o = app->add_option_group("outputs");
   o->add_flag("--per-prompt", f->per_prompt,
               "Also each prompt's own per-layer metrics and perplexity (not only means over prompts)");
   o->add_flag("--emit-token-ids", f->emit_token_ids, "Also each prompt's token ids as run (implies --per-prompt)");
+  o->add_flag("--no-cache", f->no_cache, "Run even if the server has this job's results cached (and refresh them)");
   app->add_option("--priority", f->priority, "Priority in [-10,10] (higher first)");
   app->add_option("--deadline", f->deadline, "Cancel the job if not done after this many seconds");
   app->add_option("--label", f->label, "Free-text label stored with the job");
@@ -99,11 +104,25 @@ absl::StatusOr<Enum> Choice(const std::string& flag, const std::string& value, E
   return Bad(flag, absl::StrCat("expected ", absl::StrJoin(names, " or ")));
 }
 
+// The on/off switches of a job, which a --spec file's own settings cannot turn off either.
+void SetSwitches(const JobFlags& f, v1::JobSpec* spec) {
+  if (f.per_prompt || f.emit_token_ids) spec->set_per_prompt(true);
+  if (f.emit_token_ids) spec->set_emit_token_ids(true);
+  if (f.truncate_to_context) spec->set_truncate_to_context(true);
+  if (f.no_cache) spec->set_no_cache(true);
+}
+
 }  // namespace
 
 absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
   v1::JobSpec spec;
+  const bool any = f.phase || f.sink_rate || f.massive || f.residual || f.entropy || f.perplexity ||
+                   !f.bos_mlp.empty() || f.qk_disruption || f.top_per_head > 0 || !f.ablate_heads.empty() ||
+                   !f.stats_hooks.empty();
+  const int sources = !f.texts.empty() + !f.texts_file.empty() + !f.dataset.empty() + !f.ids.empty();
   if (!f.spec_file.empty()) {
+    if (any || sources > 0)
+      return Bad("--spec", "the spec file gives the inputs and analyses: no input or analysis flag with it");
     absl::StatusOr<std::string> text = ReadFile("--spec", f.spec_file);
     if (!text.ok()) return text.status();
     google::protobuf::util::JsonParseOptions o;
@@ -113,15 +132,18 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
       spec.clear_models();
       for (const auto& m : f.models) spec.add_models(m);
     }
-    if (f.per_prompt || f.emit_token_ids) spec.set_per_prompt(true);
-    if (f.emit_token_ids) spec.set_emit_token_ids(true);
+    SetSwitches(f, &spec);
     if (!f.label.empty()) spec.set_label(f.label);
+    if (f.max_prompts > 0) spec.mutable_inputs()->set_max_prompts(f.max_prompts);
+    if (f.max_tokens > 0) spec.mutable_limits()->set_max_tokens(f.max_tokens);
+    if (f.priority != 0) spec.set_priority(f.priority);
+    if (f.deadline > 0) spec.set_deadline_seconds(f.deadline);
+    if (f.seed != 0) spec.set_seed(f.seed);
     return spec;
   }
   if (f.models.empty()) return Bad("--model", "at least one model is required");
   for (const auto& m : f.models) spec.add_models(m);
 
-  int sources = !f.texts.empty() + !f.texts_file.empty() + !f.dataset.empty() + !f.ids.empty();
   if (sources != 1) return Bad("inputs", "give exactly one of --text, --texts-file, --dataset, --ids");
   auto* in = spec.mutable_inputs();
   if (!f.texts.empty()) {
@@ -139,7 +161,8 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
       auto* p = in->mutable_token_ids()->add_prompts();
       for (absl::string_view tok : absl::StrSplit(f.ids[i], ',', absl::SkipWhitespace())) {
         int32_t id;
-        if (!absl::SimpleAtoi(tok, &id)) return Bad(absl::StrCat("--ids[", i, "]"), absl::StrCat("'", tok, "' is not an integer"));
+        if (!absl::SimpleAtoi(tok, &id))
+          return Bad(absl::StrCat("--ids[", i, "]"), absl::StrCat("'", tok, "' is not an integer"));
         p->add_ids(id);
       }
     }
@@ -148,11 +171,10 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
   // Unset unless given: an empty Limits message would change the spec's fingerprint (batch resumes compare them).
   if (f.max_tokens > 0) spec.mutable_limits()->set_max_tokens(f.max_tokens);
 
-  const bool any = f.phase || f.sink_rate || f.massive || f.residual || f.entropy || f.perplexity ||
-                   !f.bos_mlp.empty() || f.qk_disruption || f.top_per_head > 0 || !f.ablate_heads.empty() ||
-                   !f.stats_hooks.empty();
-  if (!any) return Bad("analyses", "choose at least one (--phase, --sink-rate, --massive, --residual, --entropy, "
-                                   "--perplexity, --bos-mlp, --qk-disruption, --stats, ...)");
+  if (!any)
+    return Bad("analyses",
+               "choose at least one (--phase, --sink-rate, --massive, --residual, --entropy, "
+               "--perplexity, --bos-mlp, --qk-disruption, --stats, ...)");
   // The enums below have no field presence (proto3), so setting *_UNSPECIFIED for an empty flag is the same as
   // leaving the field unset: the server's default.
   if (f.phase || f.sink_rate) {
@@ -169,7 +191,8 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
     if (!source.ok()) return source.status();
     s->set_source(*source);
   }
-  if (f.phase || f.residual) spec.add_analyses()->mutable_residual_stats()->set_final_norm_last_layer(f.final_norm_last_layer);
+  if (f.phase || f.residual)
+    spec.add_analyses()->mutable_residual_stats()->set_final_norm_last_layer(f.final_norm_last_layer);
   if (f.phase || f.entropy) {
     auto* e = spec.add_analyses()->mutable_matrix_entropy();
     e->set_final_norm_last_layer(f.final_norm_last_layer);
@@ -179,9 +202,9 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
     auto* m = spec.add_analyses()->mutable_massive_values();
     if (f.lambda > 0) m->set_lambda(f.lambda);
     m->set_post_rotary(f.post_rotary);
-    absl::StatusOr<v1::ThresholdScope> scope = Choice(
-        "--scope", f.scope, v1::THRESHOLD_SCOPE_UNSPECIFIED,
-        {{"layer", v1::THRESHOLD_SCOPE_LAYER}, {"head", v1::THRESHOLD_SCOPE_HEAD}});
+    absl::StatusOr<v1::ThresholdScope> scope =
+        Choice("--scope", f.scope, v1::THRESHOLD_SCOPE_UNSPECIFIED,
+               {{"layer", v1::THRESHOLD_SCOPE_LAYER}, {"head", v1::THRESHOLD_SCOPE_HEAD}});
     if (!scope.ok()) return scope.status();
     m->set_scope(*scope);
     m->set_top_k(f.top_k);
@@ -205,7 +228,8 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
         iv->mutable_bos_mlp()->set_spike(b == "spike" ? v1::SPIKE_RULE_ARGMAX_RATIO : v1::SPIKE_RULE_ARGMAX_JUMP);
       } else {
         int32_t layer;
-        if (!absl::SimpleAtoi(b, &layer) || layer < 0) return Bad("--bos-mlp", absl::StrCat("'", b, "' is not spike, jump or a layer"));
+        if (!absl::SimpleAtoi(b, &layer) || layer < 0)
+          return Bad("--bos-mlp", absl::StrCat("'", b, "' is not spike, jump or a layer"));
         iv->mutable_bos_mlp()->set_layer(layer);
       }
     }
@@ -242,8 +266,7 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const JobFlags& f) {
   spec.set_deadline_seconds(f.deadline);
   spec.set_label(f.label);
   spec.set_seed(f.seed);
-  spec.set_per_prompt(f.per_prompt || f.emit_token_ids);
-  spec.set_emit_token_ids(f.emit_token_ids);
+  SetSwitches(f, &spec);
   return spec;
 }
 
@@ -255,13 +278,17 @@ absl::StatusOr<std::vector<std::string>> SplitWords(const std::string& line) {
   for (size_t i = 0; i < line.size(); ++i) {
     const char c = line[i];
     if (quote == '\'') {
-      if (c == '\'') quote = 0;
-      else cur += c;
+      if (c == '\'')
+        quote = 0;
+      else
+        cur += c;
     } else if (quote == '"') {
-      if (c == '"') quote = 0;
+      if (c == '"')
+        quote = 0;
       else if (c == '\\' && i + 1 < line.size() && std::string("\"\\$`").find(line[i + 1]) != std::string::npos)
         cur += line[++i];
-      else cur += c;
+      else
+        cur += c;
     } else if (c == '\'' || c == '"') {
       quote = c;
       in_word = true;

@@ -21,6 +21,7 @@ struct JobFlags {
   std::vector<std::string> ids;  // "1,450,29871" per prompt
   int max_prompts = 0;
   int max_tokens = 0;
+  bool truncate_to_context = false;  // cut prompts longer than a model's context (else INVALID_ARGUMENT)
   // analyses
   bool phase = false;  // preset: the study's RoPE-vs-DroPE phase comparison
   bool sink_rate = false;
@@ -45,10 +46,11 @@ struct JobFlags {
   int top_per_head = 0;
   std::vector<std::string> ablate_heads;  // "L:H"
   std::vector<std::string> stats_hooks;
-  std::string spec_file;  // JobSpec JSON (protobuf JSON mapping); -m, --per-prompt, --emit-token-ids, --label override
+  std::string spec_file;  // JobSpec JSON; -m, --max-*, switches, scheduling override it
   // outputs
   bool per_prompt = false;      // each prompt's own per-layer metrics and perplexities (PromptResult events)
   bool emit_token_ids = false;  // and its token ids (implies per_prompt)
+  bool no_cache = false;        // run even when the server has the results cached
   // scheduling
   int priority = 0;
   double deadline = 0;

@@ -29,9 +29,10 @@ std::string Example(std::initializer_list<const char*> lines) {
 
 // Declares the command line, then runs the one subcommand given; returns the exit status.
 int Main(int argc, char** argv) {
-  CLI::App app{"sinkscope: measure attention sinks, massive activations and ablated perplexity on a sinkscoped "
-               "server.\nOptions of this list may go before or after the command. Exit status: 0 ok, 1 other "
-               "error, 2 usage,\n3 server unavailable or credentials refused, 4 job failed, 5 cancelled."};
+  CLI::App app{
+      "sinkscope: measure attention sinks, massive activations and ablated perplexity on a sinkscoped "
+      "server.\nOptions of this list may go before or after the command. Exit status: 0 ok, 1 other "
+      "error, 2 usage,\n3 server unavailable or credentials refused, 4 job failed, 5 cancelled."};
   app.fallthrough();  // inherited by every subcommand: global options after the subcommand reach this app
   app.require_subcommand(1);
   Global g;
@@ -59,7 +60,7 @@ int Main(int argc, char** argv) {
   datasets->footer(Example({"sinkscope datasets"}));
   double wait = 0;
   auto* health = app.add_subcommand("health", "grpc.health.v1 status: exit 0 when SERVING, 3 otherwise");
-  health->add_option("--wait", wait, "Poll up to this many seconds for SERVING");
+  health->add_option("--wait", wait, "Wait up to this many seconds for the server to listen and be SERVING");
   health->footer(Example({"sinkscope health --wait 300 && sinkscope models"}));
 
   JobFlags jf;
@@ -73,13 +74,13 @@ int Main(int argc, char** argv) {
   run->footer(Example({"sinkscope run -m tiny-rope,tiny-drope --dataset brown-heldout --max-prompts 32 --phase \\",
                        "    --save phase.jsonl --plot figures/",
                        "sinkscope run -m tiny-rope -t \"The quick brown fox.\" --sink-rate --tau 0.3 --per-prompt",
-                       "sinkscope run --spec examples/specs/disruption.json",
+                       "sinkscope run --spec examples/specs/qk_disruption_literary.json",
                        "sinkscope -f csv run -m tiny-drope --dataset study-massive-comparison --massive > m.csv"}));
   JobFlags sf;
   auto* submit = app.add_subcommand("submit", "Submit a job and print its id (then: watch, get, cancel)");
   AddJobFlags(submit, &sf);
-  submit->footer(Example({"id=$(sinkscope submit -m tiny-rope,tiny-drope --dataset brown-heldout --phase)",
-                          "sinkscope watch \"$id\""}));
+  submit->footer(Example(
+      {"id=$(sinkscope submit -m tiny-rope,tiny-drope --dataset brown-heldout --phase)", "sinkscope watch \"$id\""}));
 
   std::string job_id;
   uint64_t from_seq = 0;
@@ -89,7 +90,8 @@ int Main(int argc, char** argv) {
   watch->add_option("--from", from_seq, "First event seq");
   watch->add_option("--save", ww.save, "Also write every event as a JSON line to FILE");
   watch->add_option("--plot", ww.plot_dir, "Write the study's figures to DIR when the job ends");
-  watch->footer(Example({"sinkscope watch j-0123456789abcdef", "sinkscope -f json watch j-0123456789abcdef > events.jsonl"}));
+  watch->footer(
+      Example({"sinkscope watch j-0123456789abcdef", "sinkscope -f json watch j-0123456789abcdef > events.jsonl"}));
   auto* get = app.add_subcommand("get", "Show a job's record and summary");
   get->add_option("job", job_id, "Job id")->required();
   get->footer(Example({"sinkscope get j-0123456789abcdef", "sinkscope -f csv get j-0123456789abcdef"}));
@@ -102,7 +104,7 @@ int Main(int argc, char** argv) {
   std::vector<std::string> states;
   jobs->add_option("--limit", limit, "Max jobs (default 50)");
   jobs->add_option("--page-token", page_token, "Next page token");
-  jobs->add_option("--state", states, "Filter: queued,running,succeeded,failed,cancelled")->delimiter(',');
+  jobs->add_option("--state", states, "Filter: queued,running,succeeded,failed,cancelled,interrupted")->delimiter(',');
   jobs->footer(Example({"sinkscope jobs --state running,queued"}));
 
   std::vector<std::string> plot_files;
@@ -142,12 +144,13 @@ int Main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    if (e.get_exit_code() == 0) return app.exit(e);                   // --help
     if (app.get_subcommands().empty() && app.remaining_size() > 0) {  // a word that names no command
       std::vector<std::string> names;
-      for (const CLI::App* s : app.get_subcommands([](const CLI::App*) { return true; })) names.push_back(s->get_name());
-      std::cerr << "sinkscope: unknown command '" << app.remaining().front() << "' (commands: " << absl::StrJoin(names, ", ")
-                << ")\n";
+      for (const CLI::App* s : app.get_subcommands([](const CLI::App*) { return true; }))
+        names.push_back(s->get_name());
+      std::cerr << "sinkscope: unknown command '" << app.remaining().front()
+                << "' (commands: " << absl::StrJoin(names, ", ") << ")\n";
       return kExitUsage;
     }
     std::cerr << "sinkscope: " << e.what() << "\nRun 'sinkscope --help' or 'sinkscope COMMAND --help'.\n";

@@ -133,8 +133,9 @@ Figure Build(const PlotData& d, const std::string& name) {
     double tau = -1;
     for (const auto& s : d.series)
       if (s.tau >= 0) tau = s.tau;
-    f.body = absl::StrCat("set title ", Q(tau >= 0 ? absl::StrCat("Attention sink rate per layer (tau = ", G(tau), ")")
-                                                   : "Attention sink rate per layer"),
+    f.body = absl::StrCat("set title ",
+                          Q(tau >= 0 ? absl::StrCat("Attention sink rate per layer (tau = ", G(tau), ")")
+                                     : "Attention sink rate per layer"),
                           "\n", xr, "set ylabel \"sink rate (fraction of heads, mean ± std over prompts)\"\n",
                           "set yrange [-0.02:1.05]\n", kKeyAbove, Panel(d, "sink", Sink, 0, true, &f));
   } else if (name == "bos_norm") {
@@ -180,11 +181,12 @@ Figure Build(const PlotData& d, const std::string& name) {
     const double gap = 1.5;
     std::vector<std::string> parts, labels;
     for (size_t i = 0; i < n; ++i) {
-      parts.push_back(absl::StrCat("$ppl using ", 2 + 2 * i, ":", 3 + 2 * i, " ls ", i % 8 + 1, " title ",
-                                   Q(d.ppl_labels[i])));
+      parts.push_back(
+          absl::StrCat("$ppl using ", 2 + 2 * i, ":", 3 + 2 * i, " ls ", i % 8 + 1, " title ", Q(d.ppl_labels[i])));
       const double dx = (static_cast<double>(i) - (n - 1) / 2.0) / (n + gap);
-      labels.push_back(absl::StrCat("$ppl using ($0", dx >= 0 ? "+" : "", G(dx), "):", 2 + 2 * i, ":(sprintf(\"%.4g\", $",
-                                    2 + 2 * i, ")) with labels offset 0,0.7 font \",9\" notitle"));
+      labels.push_back(absl::StrCat("$ppl using ($0", dx >= 0 ? "+" : "", G(dx), "):", 2 + 2 * i,
+                                    ":(sprintf(\"%.4g\", $", 2 + 2 * i,
+                                    ")) with labels offset 0,0.7 font \",9\" notitle"));
     }
     if (!(lo < INFINITY)) lo = hi = 1;
     // Condition names as tick labels, broken before a parenthesis ("qk_massive\n(random control)").
@@ -200,12 +202,12 @@ Figure Build(const PlotData& d, const std::string& name) {
     f.body = absl::StrCat(
         "set title \"Perplexity per condition (random control: mean ± std over seeds)\"\n",
         "set style data histograms\nset style histogram errorbars gap ", G(gap), " lw 1\n",
-        "set style fill solid 1.0 border -1\nset boxwidth 0.9\nset logscale y\n", "set xrange [-0.6:",
-        G(d.perplexity.size() - 0.4), "]\nset yrange [", G(lo / 1.6), ":", G(hi * 2.5), "]\n", LogTics(lo / 1.6, hi * 2.5),
-        "set xtics (", absl::StrJoin(tics, ", "), ")", many ? " rotate by 30 right" : "", " nomirror\n",
-        absl::StrContains(absl::StrJoin(tics, ""), "\\n") ? "set bmargin 4\n" : "",
-        "set ylabel \"perplexity (log scale)\"\nset xlabel \"\"\n", kKeyAbove, "set grid noxtics ytics\n",
-        "plot ", absl::StrJoin(parts, ", \\\n     "), ", \\\n     ", absl::StrJoin(labels, ", \\\n     "), "\n");
+        "set style fill solid 1.0 border -1\nset boxwidth 0.9\nset logscale y\n",
+        "set xrange [-0.6:", G(d.perplexity.size() - 0.4), "]\nset yrange [", G(lo / 1.6), ":", G(hi * 2.5), "]\n",
+        LogTics(lo / 1.6, hi * 2.5), "set xtics (", absl::StrJoin(tics, ", "), ")", many ? " rotate by 30 right" : "",
+        " nomirror\n", absl::StrContains(absl::StrJoin(tics, ""), "\\n") ? "set bmargin 4\n" : "",
+        "set ylabel \"perplexity (log scale)\"\nset xlabel \"\"\n", kKeyAbove, "set grid noxtics ytics\n", "plot ",
+        absl::StrJoin(parts, ", \\\n     "), ", \\\n     ", absl::StrJoin(labels, ", \\\n     "), "\n");
   }
   return f;
 }

@@ -38,8 +38,8 @@ struct LayerSeries {
 
 // One bar group of the perplexity chart.
 struct PerplexityBar {
-  std::string condition;                        // "baseline", "bos_mlp@spike", "qk_massive (random control)"
-  std::map<std::string, Point> by_label;        // series label -> perplexity (std for controls)
+  std::string condition;                  // "baseline", "bos_mlp@spike", "qk_massive (random control)"
+  std::map<std::string, Point> by_label;  // series label -> perplexity (std for controls)
 };
 
 struct PlotData {

@@ -132,6 +132,7 @@ void SummaryRecords(const v1::Summary& s, Builder* b) {
   b->Add("provenance", "", "seed", static_cast<double>(s.seed()));
   b->Text("provenance", "", "server_version", s.server_version());
   b->Add("provenance", "", "elapsed_seconds", s.elapsed_seconds());
+  if (s.cached()) b->Text("provenance", "", "cached_from", s.cached_from());
   for (const auto& m : s.models()) {
     std::map<std::string, double> sorted(m.metrics().begin(), m.metrics().end());  // maps have no fixed order
     for (const auto& [k, v] : sorted) b->Add("summary", m.model(), k, v);
@@ -142,6 +143,7 @@ void SummaryRecords(const v1::Summary& s, Builder* b) {
     b->Add("provenance", m.model(), "num_prompts", m.num_prompts());
     b->Add("provenance", m.model(), "num_tokens", static_cast<double>(m.num_tokens()));
     b->Add("provenance", m.model(), "num_forward_passes", m.num_forward_passes());
+    b->Add("provenance", m.model(), "truncated_prompts", m.truncated_prompts());
   }
   for (const auto& row : s.comparison()) {
     for (int i = 1; i < s.models_size() && i < row.values_size(); ++i) {
@@ -190,8 +192,16 @@ const char* LongCsvHeader() { return "job_id,kind,model,condition,prompt,layer,h
 
 std::vector<std::string> LongCsvFields(const std::string& job_id, const Record& r) {
   auto opt = [](const std::optional<int>& v) { return v ? std::to_string(*v) : std::string(); };
-  return {job_id,    r.kind,   r.model,  r.condition, opt(r.prompt), opt(r.layer), opt(r.head), r.metric,
-          r.is_text ? "" : Exact(r.value), r.is_text ? r.text : ""};
+  return {job_id,
+          r.kind,
+          r.model,
+          r.condition,
+          opt(r.prompt),
+          opt(r.layer),
+          opt(r.head),
+          r.metric,
+          r.is_text ? "" : Exact(r.value),
+          r.is_text ? r.text : ""};
 }
 
 bool RatioMeaningful(const std::string& metric) {
@@ -225,6 +235,7 @@ const char* StateName(v1::JobState s) {
     case v1::JOB_STATE_SUCCEEDED: return "SUCCEEDED";
     case v1::JOB_STATE_FAILED: return "FAILED";
     case v1::JOB_STATE_CANCELLED: return "CANCELLED";
+    case v1::JOB_STATE_INTERRUPTED: return "INTERRUPTED";
     default: return "UNSPECIFIED";
   }
 }

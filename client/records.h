@@ -6,8 +6,8 @@
 //   job                                                        planned_passes, num_prompts, inputs_digest, seed, ...
 //   layer              m      baseline           L             sink_rate, sink_rate.std, bos_norm, massive.q.count, ...
 //   head               m      baseline           L      h      head_score
-//   perplexity         m      c                                perplexity, mean_nll, num_targets, ratio_to_baseline, ...
-//   summary            m                                       the model's summary scalars (sink_rate.mean, ...)
+//   perplexity         m      c                                perplexity, mean_nll, num_targets, ratio_to_baseline,
+//   ... summary            m                                       the model's summary scalars (sink_rate.mean, ...)
 //   comparison         m                                       <metric>.diff (and .ratio where a ratio means something)
 //   provenance         m      [c]                              weights_digest, dtype, num_tokens, detail, ...
 //   prompt             m              p                        num_tokens, token_ids (text, space-separated)
@@ -35,7 +35,7 @@ struct Record {
   std::optional<int> head;
   std::string metric;
   double value = 0;
-  std::string text;      // set (and value unused) for text records: digests, dtype, detail, state, token ids
+  std::string text;  // set (and value unused) for text records: digests, dtype, detail, state, token ids
   bool is_text = false;
 };
 

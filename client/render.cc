@@ -125,17 +125,25 @@ void RenderModels(const v1::ListModelsResponse& r, const RenderOptions& o, std::
   for (const auto& m : r.models()) {
     const std::string state = v1::ModelState_Name(m.state()).substr(std::string("MODEL_STATE_").size());
     rows.push_back({m.name(), state, Positional(m), std::to_string(m.num_layers()), std::to_string(m.hidden_size()),
-                    std::to_string(m.num_heads()), std::to_string(m.num_kv_heads()),
-                    std::to_string(m.num_parameters()), m.dtype(), m.device(),
-                    csv ? m.weights_digest() : m.weights_digest().substr(0, 12)});
+                    std::to_string(m.num_heads()), std::to_string(m.num_kv_heads()), std::to_string(m.num_parameters()),
+                    m.dtype(), m.device(), csv ? m.weights_digest() : m.weights_digest().substr(0, 12)});
   }
   if (csv)
-    return PrintCsv(out, {"name", "state", "positional", "layers", "d_model", "heads", "kv_heads", "parameters",
-                          "dtype", "device", "weights_digest"},
+    return PrintCsv(out,
+                    {"name", "state", "positional", "layers", "d_model", "heads", "kv_heads", "parameters", "dtype",
+                     "device", "weights_digest"},
                     rows);
   PrintTable(out,
-             {{"name"}, {"state"}, {"positional", false, 5}, {"layers", true, 6}, {"d_model", true, 4},
-              {"heads", true, 6}, {"kv", true, 3}, {"params", true, 5}, {"dtype", false, 4}, {"device", false, 4},
+             {{"name"},
+              {"state"},
+              {"positional", false, 5},
+              {"layers", true, 6},
+              {"d_model", true, 4},
+              {"heads", true, 6},
+              {"kv", true, 3},
+              {"params", true, 5},
+              {"dtype", false, 4},
+              {"device", false, 4},
               {"weights", false, 2}},
              rows, o.wide);
   for (const auto& m : r.models())
@@ -239,9 +247,10 @@ void RenderJobs(const v1::ListJobsResponse& r, const RenderOptions& o, std::ostr
     PrintCsv(out, {"id", "state", "progress", "models", "submitted", "label"}, rows);
     return;
   }
-  PrintTable(out,
-             {{"id"}, {"state"}, {"progress", true, 3}, {"models", false, 4}, {"submitted", false, 2}, {"label", false, 1}},
-             rows, o.wide);
+  PrintTable(
+      out,
+      {{"id"}, {"state"}, {"progress", true, 3}, {"models", false, 4}, {"submitted", false, 2}, {"label", false, 1}},
+      rows, o.wide);
   if (!r.next_page_token().empty()) out << "(more: --page-token " << r.next_page_token() << ")\n";
 }
 

@@ -28,24 +28,45 @@ const v1::MassiveValuesTensor* FindTensor(const v1::LayerResult& r, v1::QkvTenso
   return nullptr;
 }
 
+// A column showing the mean (or the std) of one Stat of the layer result, when the layer has that analysis.
+template <typename Has, typename StatOf>
+LayerCol StatCol(std::string header, Has has, StatOf stat, bool std_dev = false, bool wide = false) {
+  return {std::move(header),
+          [has, stat, std_dev](const v1::LayerResult& l) -> std::optional<double> {
+            if (!(l.*has)()) return std::nullopt;
+            const v1::Stat& s = stat(l);
+            return std_dev ? s.std() : s.mean();
+          },
+          wide};
+}
+
 std::vector<LayerCol> LayerColumns(const v1::LayerResult& r, bool wide) {
   using L = const v1::LayerResult&;
   using O = std::optional<double>;
+  using R = v1::LayerResult;
+  auto sink = [](L l) -> const v1::Stat& { return l.sink_rate().sink_rate(); };
+  auto bos = [](L l) -> const v1::Stat& { return l.residual_stats().bos_norm(); };
+  auto other = [](L l) -> const v1::Stat& { return l.residual_stats().mean_other_norm(); };
+  auto ratio = [](L l) -> const v1::Stat& { return l.residual_stats().ratio(); };
+  auto entropy = [](L l) -> const v1::Stat& { return l.matrix_entropy().entropy(); };
+  auto aniso = [](L l) -> const v1::Stat& { return l.matrix_entropy().anisotropy(); };
   std::vector<LayerCol> all = {
-      {"sink_rate", [](L l) -> O { if (l.has_sink_rate()) return l.sink_rate().sink_rate().mean(); return {}; }},
-      {"sink.std", [](L l) -> O { if (l.has_sink_rate()) return l.sink_rate().sink_rate().std(); return {}; }, true},
-      {"bos_norm", [](L l) -> O { if (l.has_residual_stats()) return l.residual_stats().bos_norm().mean(); return {}; }},
-      {"other_norm", [](L l) -> O { if (l.has_residual_stats()) return l.residual_stats().mean_other_norm().mean(); return {}; }, true},
-      {"bos_ratio", [](L l) -> O { if (l.has_residual_stats()) return l.residual_stats().ratio().mean(); return {}; }},
-      {"ratio.std", [](L l) -> O { if (l.has_residual_stats()) return l.residual_stats().ratio().std(); return {}; }, true},
-      {"entropy", [](L l) -> O { if (l.has_matrix_entropy()) return l.matrix_entropy().entropy().mean(); return {}; }},
-      {"entropy.std", [](L l) -> O { if (l.has_matrix_entropy()) return l.matrix_entropy().entropy().std(); return {}; }, true},
-      {"norm_entropy", [](L l) -> O {
+      StatCol("sink_rate", &R::has_sink_rate, sink),
+      StatCol("sink.std", &R::has_sink_rate, sink, true, true),
+      StatCol("bos_norm", &R::has_residual_stats, bos),
+      StatCol("other_norm", &R::has_residual_stats, other, false, true),
+      StatCol("bos_ratio", &R::has_residual_stats, ratio),
+      StatCol("ratio.std", &R::has_residual_stats, ratio, true, true),
+      StatCol("entropy", &R::has_matrix_entropy, entropy),
+      StatCol("entropy.std", &R::has_matrix_entropy, entropy, true, true),
+      {"norm_entropy",
+       [](L l) -> O {
          if (l.has_matrix_entropy() && l.matrix_entropy().normalized_entropy().n() > 0)
            return l.matrix_entropy().normalized_entropy().mean();
          return {};
-       }, true},
-      {"anisotropy", [](L l) -> O { if (l.has_matrix_entropy()) return l.matrix_entropy().anisotropy().mean(); return {}; }},
+       },
+       true},
+      StatCol("anisotropy", &R::has_matrix_entropy, aniso),
   };
   for (v1::QkvTensor t : {v1::QKV_TENSOR_Q, v1::QKV_TENSOR_K, v1::QKV_TENSOR_V}) {
     const std::string n = TensorName(t);
@@ -56,22 +77,29 @@ std::vector<LayerCol> LayerColumns(const v1::LayerResult& r, bool wide) {
   }
   for (v1::QkvTensor t : {v1::QKV_TENSOR_Q, v1::QKV_TENSOR_K, v1::QKV_TENSOR_V}) {
     const std::string n = TensorName(t);
-    all.push_back({"top_" + n, [t](L l) -> O {
+    all.push_back({"top_" + n,
+                   [t](L l) -> O {
                      auto* x = FindTensor(l, t);
                      if (x && x->top_size() > 0) return x->top(0).value();
                      return {};
-                   }, true});
-    all.push_back({"gini_" + n, [t](L l) -> O {
+                   },
+                   true});
+    all.push_back({"gini_" + n,
+                   [t](L l) -> O {
                      if (auto* x = FindTensor(l, t)) return x->gini();
                      return {};
-                   }, true});
+                   },
+                   true});
   }
   if (wide && r.has_sink_rate())
     for (int h = 0; h < r.sink_rate().head_scores_size(); ++h)
-      all.push_back({absl::StrCat("h", h), [h](L l) -> O {
-                       if (l.has_sink_rate() && h < l.sink_rate().head_scores_size()) return l.sink_rate().head_scores(h);
+      all.push_back({absl::StrCat("h", h),
+                     [h](L l) -> O {
+                       if (l.has_sink_rate() && h < l.sink_rate().head_scores_size())
+                         return l.sink_rate().head_scores(h);
                        return {};
-                     }, true});
+                     },
+                     true});
   std::vector<LayerCol> out;
   for (auto& c : all)
     if ((wide || !c.wide) && c.get(r)) out.push_back(std::move(c));
@@ -159,8 +187,14 @@ class TableRenderer : public EventRenderer::Impl {
     if (stats_rows_.empty()) return;
     out_ << "\n" << stats_model_ << ": activation statistics\n";
     PrintTable(out_,
-               {{"layer", true}, {"hook"}, {"rows"}, {"mean", true, 3}, {"std", true, 4}, {"max_abs", true, 5},
-                {"mean_norm", true, 6}, {"max_norm", true, 2}},
+               {{"layer", true},
+                {"hook"},
+                {"rows"},
+                {"mean", true, 3},
+                {"std", true, 4},
+                {"max_abs", true, 5},
+                {"mean_norm", true, 6},
+                {"max_norm", true, 2}},
                stats_rows_, wide_);
     stats_rows_.clear();
   }
@@ -176,14 +210,15 @@ class TableRenderer : public EventRenderer::Impl {
     }
     std::string note;
     if (r.control_perplexities_size() > 0)
-      note = absl::StrCat("random control ", Num(r.control().mean()), " ± ", Num(r.control().std()), " (n=",
-                          r.control().n(), ")");
+      note = absl::StrCat("random control ", Num(r.control().mean()), " ± ", Num(r.control().std()),
+                          " (n=", r.control().n(), ")");
     if (!r.detail().empty()) note += (note.empty() ? "" : "; ") + r.detail();
     std::string line = absl::StrCat("  ", RightPad(wide_ ? r.model() : Clip(r.model(), 12), 12, false), "  ",
                                     RightPad(wide_ ? r.condition() : Clip(r.condition(), 18), 18, false), "  ",
                                     RightPad(Num(r.perplexity()), 10, true), "  ",
                                     RightPad(r.condition() == "baseline" ? "" : Num(r.ratio_to_baseline()), 8, true));
-    if (!note.empty()) line += "  " + (wide_ ? note : Clip(note, kTableWidth - std::min(kTableWidth - 4, line.size() + 2)));
+    if (!note.empty())
+      line += "  " + (wide_ ? note : Clip(note, kTableWidth - std::min(kTableWidth - 4, line.size() + 2)));
     out_ << line << "\n";
   }
 
@@ -213,8 +248,7 @@ class TableRenderer : public EventRenderer::Impl {
       if (sink) cols.push_back({"sink_rate(mean)", true, 6});
       if (ratio) cols.push_back({"bos_ratio(max)", true, 5});
       if (entropy) cols.push_back({"entropy(min)", true, 4});
-      for (size_t i = 0; i < conditions.size(); ++i)
-        cols.push_back({"ppl " + conditions[i], true, i == 0 ? 7 : 3});
+      for (size_t i = 0; i < conditions.size(); ++i) cols.push_back({"ppl " + conditions[i], true, i == 0 ? 7 : 3});
       std::vector<std::vector<std::string>> rows;
       for (const auto& p : prompts_) {
         if (p.model() != model) continue;
@@ -267,8 +301,8 @@ class TableRenderer : public EventRenderer::Impl {
         }
         rows.push_back(std::move(row));
       }
-      out_ << "\ncomparison (diff = model - " << s.models(0).model() << ", ratio = model / "
-           << s.models(0).model() << ")\n";
+      out_ << "\ncomparison (diff = model - " << s.models(0).model() << ", ratio = model / " << s.models(0).model()
+           << ")\n";
       PrintTable(out_, cols, rows, wide_);
     } else {
       for (const auto& m : s.models()) {
@@ -284,12 +318,20 @@ class TableRenderer : public EventRenderer::Impl {
     for (const auto& m : s.models())
       rows.push_back({m.model(), wide_ ? m.weights_digest() : m.weights_digest().substr(0, 12),
                       wide_ ? m.tokenizer_digest() : m.tokenizer_digest().substr(0, 12), m.dtype(), m.device(),
-                      std::to_string(m.num_prompts()), std::to_string(m.num_tokens()),
-                      std::to_string(m.num_forward_passes())});
+                      std::to_string(m.num_prompts()), std::to_string(m.truncated_prompts()),
+                      std::to_string(m.num_tokens()), std::to_string(m.num_forward_passes())});
     PrintTable(out_,
-               {{"model"}, {"weights", false, 5}, {"tokenizer", false, 2}, {"dtype", false, 4}, {"device", false, 3},
-                {"prompts", true, 6}, {"tokens", true, 6}, {"passes", true, 4}},
+               {{"model"},
+                {"weights", false, 5},
+                {"tokenizer", false, 2},
+                {"dtype", false, 4},
+                {"device", false, 3},
+                {"prompts", true, 6},
+                {"truncated", true, 5},
+                {"tokens", true, 6},
+                {"passes", true, 4}},
                rows, wide_, "  ");
+    if (s.cached()) out_ << "  cached: the results of job " << s.cached_from() << " (--no-cache runs it again)\n";
     out_ << "  inputs " << (wide_ ? s.inputs_digest() : s.inputs_digest().substr(0, 12)) << ", seed " << s.seed()
          << ", server " << s.server_version() << ", " << absl::StrFormat("%.2f", s.elapsed_seconds()) << " s\n";
   }

@@ -23,7 +23,7 @@ from matplotlib.ticker import ScalarFormatter  # noqa: E402
 import sinkscope  # noqa: E402
 
 
-def layer_figure(layers, columns, titles, ylabel, path, title, log=False):
+def layer_figure(layers, columns, titles, ylabel, path, title, log=False, ylim=None):
     fig, axes = plt.subplots(1, len(columns), figsize=(5 * len(columns), 4.2), squeeze=False)
     for ax, col, sub in zip(axes[0], columns, titles):
         for model, df in layers.groupby("model", sort=False):
@@ -36,6 +36,8 @@ def layer_figure(layers, columns, titles, ylabel, path, title, log=False):
         if log and (layers[col] > 0).all() and layers[col].max() / layers[col].min() > 100:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(ScalarFormatter())
+        if ylim:  # a count or a fraction stays in range, whatever mean ± std says
+            ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
     axes[0][0].legend()
     fig.suptitle(title)
@@ -85,7 +87,8 @@ def figures(result, out):
     written = []
     if "sink_rate" in layers:
         written.append(layer_figure(layers, ["sink_rate"], [""], "sink rate (fraction of heads)",
-                                    os.path.join(out, "sink_rate.png"), "Attention sink rate per layer"))
+                                    os.path.join(out, "sink_rate.png"), "Attention sink rate per layer",
+                                    ylim=(-0.02, 1.05)))
     if "bos_norm" in layers:
         written.append(layer_figure(layers, ["bos_norm", "bos_ratio"], ["BOS norm", "BOS / other-token norm"],
                                     ["||x_0||", "ratio"], os.path.join(out, "bos_norm.png"),
@@ -93,7 +96,7 @@ def figures(result, out):
     if "massive_q" in layers:
         written.append(layer_figure(layers, ["massive_q", "massive_k", "massive_v"], ["Q", "K", "V"],
                                     "massive (head, dim) entries", os.path.join(out, "massive_qkv.png"),
-                                    "Massive values per layer"))
+                                    "Massive values per layer", ylim=(0, None)))
     if "entropy" in layers:
         written.append(layer_figure(layers, ["entropy"], [""], "entropy (nats)", os.path.join(out, "entropy.png"),
                                     "Matrix entropy per layer"))
@@ -111,7 +114,7 @@ def main(argv=None):
     ap.add_argument("--models", default="tiny-rope,tiny-drope")
     ap.add_argument("--dataset", default="brown-heldout")
     ap.add_argument("--max-prompts", type=int, default=32)
-    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--max-tokens", type=int, default=0, help="cut prompts to N tokens (default: the context)")
     ap.add_argument("--control-seeds", default="42,43,44,45,46,47,48,49,50,51")
     ap.add_argument("--events", nargs="*", help="draw from saved JSON-lines events instead of running jobs")
     ap.add_argument("--out", default="figures-py")
@@ -123,9 +126,9 @@ def main(argv=None):
         client = sinkscope.Client(a.server, token=a.token, tls_ca=a.tls_ca)
         models = a.models.split(",")
         phase = client.run(models=models, dataset=a.dataset, analyses=["phase"], max_prompts=a.max_prompts,
-                           max_tokens=a.max_tokens, progress=sys.stderr.isatty())
+                           max_tokens=a.max_tokens, truncate_to_context=True, progress=sys.stderr.isatty())
         disruption = client.run(models=models, dataset="study-disruption-literary", analyses=["perplexity"],
-                                qk_disruption=True, max_tokens=a.max_tokens,
+                                qk_disruption=True, max_tokens=a.max_tokens, truncate_to_context=True,
                                 control_seeds=[int(s) for s in a.control_seeds.split(",") if s],
                                 progress=sys.stderr.isatty())
         print(phase.comparison().to_string(index=False))

@@ -19,5 +19,6 @@ from sinkscope.errors import (AuthError, JobCancelledError, JobFailedError, Sink
 from sinkscope.results import Result, load_events
 from sinkscope.spec import ANALYSES, OPTIONS, build_spec
 
-__all__ = ["Client", "Result", "load_events", "build_spec", "run_batch", "load_batch", "BatchResult", "ANALYSES", "OPTIONS", "SinkscopeError", "UsageError",
-           "UnavailableError", "AuthError", "JobFailedError", "JobCancelledError"]
+__all__ = ["Client", "Result", "load_events", "build_spec", "run_batch", "load_batch", "BatchResult", "ANALYSES",
+           "OPTIONS", "SinkscopeError", "UsageError", "UnavailableError", "AuthError", "JobFailedError",
+           "JobCancelledError"]

@@ -13,6 +13,7 @@ from sinkscope.spec import build_spec
 from sinkscope.v1 import jobs_pb2, models_pb2, service_pb2, service_pb2_grpc
 
 _STATE_PREFIX = "JOB_STATE_"
+_HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
 
 class Client:
@@ -44,6 +45,11 @@ class Client:
         else:
             self._channel = grpc.insecure_channel(self.server, options=options)
         self._stub = service_pb2_grpc.SinkscopeStub(self._channel)
+        # grpc.health.v1.Health/Watch without generated stubs: the request (all services) is empty, the response
+        # is field 1, the status enum, as one varint.
+        self._health_watch = self._channel.unary_stream(
+            "/grpc.health.v1.Health/Watch", request_serializer=lambda _: b"",
+            response_deserializer=lambda b: b[1] if len(b) >= 2 and b[0] == 0x08 else 0)
 
     def close(self):
         self._channel.close()
@@ -90,19 +96,26 @@ class Client:
                               "description": d.description} for d in resp.datasets])
 
     def wait_ready(self, timeout=300.0):
-        """Waits until no model is still loading and at least one is READY; returns models()."""
+        """Waits until the server is SERVING (listening, every model loaded); returns models().
+
+        Like `sinkscope health --wait`: one grpc.health.v1 Watch stream with wait_for_ready, so gRPC waits for the
+        server to accept connections and the server pushes each status change (no polling). TimeoutError after
+        `timeout` seconds, naming the last status seen.
+        """
+        last = "UNREACHABLE"
         until = time.monotonic() + timeout
-        while True:
+        while time.monotonic() < until:
             try:
-                df = self.models()
-                if len(df) and not (df.state == "LOADING").any() and (df.state == "READY").any():
-                    return df
-            except Exception:  # not up yet
-                if time.monotonic() > until:
-                    raise
-            if time.monotonic() > until:
-                raise TimeoutError(f"no READY model on {self.server} after {timeout} s")
-            time.sleep(0.2)
+                for status in self._health_watch(None, timeout=until - time.monotonic(), wait_for_ready=True,
+                                                 metadata=self._metadata()):
+                    last = _HEALTH_STATUS.get(status, str(status))
+                    if last == "SERVING":
+                        return self.models()
+            except grpc.RpcError as e:
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise from_rpc_error(e, self.server) from None
+            time.sleep(0.1)  # the stream broke (the server went away): watch again, waiting for it
+        raise TimeoutError(f"{self.server} not SERVING after {timeout} s (last status: {last})")
 
     # -- jobs ----------------------------------------------------------------------------------------------------
 

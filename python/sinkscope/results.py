@@ -46,7 +46,7 @@ class Result:
     summary()            one row per metric, one column per model (the comparison table's values)
     comparison()         one row per (metric, model): value, diff and ratio to the first model (NaN where a ratio
                          means nothing: layer indices, percentages)
-    provenance()         one row per model: digests, dtype, device, prompts, tokens, forward passes
+    provenance()         one row per model: digests, dtype, device, prompts (truncated), tokens, forward passes
     prompts()            per prompt and layer (per_prompt=True)
     prompt_perplexity()  per prompt and condition (per_prompt=True)
     token_ids()          per prompt: the ids as run (emit_token_ids=True)
@@ -169,9 +169,10 @@ class Result:
         return pd.DataFrame([{"model": m.model, "weights_digest": m.weights_digest,
                               "tokenizer_digest": m.tokenizer_digest, "dtype": m.dtype, "device": m.device,
                               "num_prompts": m.num_prompts, "num_tokens": int(m.num_tokens),
-                              "num_forward_passes": m.num_forward_passes, "inputs_digest": s.inputs_digest,
-                              "seed": int(s.seed), "server_version": s.server_version,
-                              "elapsed_seconds": s.elapsed_seconds} for m in s.models])
+                              "num_forward_passes": m.num_forward_passes, "truncated_prompts": m.truncated_prompts,
+                              "inputs_digest": s.inputs_digest, "seed": int(s.seed),
+                              "server_version": s.server_version, "elapsed_seconds": s.elapsed_seconds,
+                              "cached_from": s.cached_from if s.cached else ""} for m in s.models])
 
     def _tensor_names(self):
         names = {}

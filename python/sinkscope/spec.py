@@ -29,6 +29,8 @@ OPTIONS = {
     "hooks": "hook points for activation_stats", "per_prompt": "also each prompt's own results",
     "emit_token_ids": "also each prompt's token ids", "priority": "[-10, 10]", "deadline": "seconds",
     "label": "free text", "seed": "seed for random controls (42)",
+    "truncate_to_context": "cut prompts longer than a model's context (else such a prompt is an error)",
+    "no_cache": "run even when the server has this job's results cached",
 }
 
 _CHOICES = {
@@ -149,4 +151,6 @@ def build_spec(models, texts=None, dataset=None, token_ids=None, analyses=("phas
     spec.seed = o("seed") or 0
     spec.per_prompt = bool(o("per_prompt") or o("emit_token_ids"))
     spec.emit_token_ids = bool(o("emit_token_ids"))
+    spec.truncate_to_context = bool(o("truncate_to_context"))
+    spec.no_cache = bool(o("no_cache"))
     return spec

@@ -68,7 +68,8 @@ TEST(BatchFile, ErrorsNameTheLine) {
     std::string text;
     std::string needle;
   } cases[] = {
-      {"{\"models\":[\"a\"],\"inputs\":{\"texts\":{\"texts\":[\"x\"]}},\"analyses\":[{\"sink_rate\":{}}]}\n{oops", "j:2: not valid JSON"},
+      {"{\"models\":[\"a\"],\"inputs\":{\"texts\":{\"texts\":[\"x\"]}},\"analyses\":[{\"sink_rate\":{}}]}\n{oops",
+       "j:2: not valid JSON"},
       {"{\"modelz\":[\"a\"]}", "j:1: not a JobSpec"},
       {"-m a -t x --sink-rate --tau", "j:1:"},
       {"-m a -t x --no-such-flag", "no-such-flag"},
@@ -91,7 +92,8 @@ TEST(BatchFile, SpecFilesAreRelativeToTheBatchFile) {
   fs::create_directories(dir / "specs");
   std::ofstream(dir / "specs" / "s.json")
       << R"({"models":["m"],"inputs":{"dataset":"d"},"analyses":[{"residual_stats":{}}]})";
-  std::ofstream(dir / "jobs.jsonl") << R"({"name":"a","spec":"specs/s.json"})" << "\n"
+  std::ofstream(dir / "jobs.jsonl") << R"({"name":"a","spec":"specs/s.json"})"
+                                    << "\n"
                                     << "--spec specs/s.json -m other --label b\n";
   auto jobs = ReadBatchFile((dir / "jobs.jsonl").string());
   ASSERT_TRUE(jobs.ok()) << jobs.status();

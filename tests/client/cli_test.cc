@@ -5,6 +5,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <mutex>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -25,8 +28,8 @@ using sinkscope::testing::Sh;
 
 namespace {
 
-const char* kCommands[] = {"info", "models", "model", "datasets", "health", "run", "submit", "watch",
-                           "get", "cancel", "jobs", "plot", "batch", "completion"};
+const char* kCommands[] = {"info",  "models", "model",  "datasets", "health", "run",   "submit",
+                           "watch", "get",    "cancel", "jobs",     "plot",   "batch", "completion"};
 
 std::vector<v1::JobEvent> Finishing(v1::JobState state, const std::string& message = "") {
   std::vector<v1::JobEvent> evs(3);
@@ -59,7 +62,8 @@ TEST(Cli, EveryCommandHasHelpWithAnExample) {
     EXPECT_EQ(r.rc, 0) << c;
     EXPECT_TRUE(absl::StrContains(r.out, "Example:\n  sinkscope") || absl::StrContains(r.out, "Example:\n  id=") ||
                 absl::StrContains(r.out, "Example:\n  source"))
-        << c << ":\n" << r.out;
+        << c << ":\n"
+        << r.out;
   }
 }
 
@@ -92,14 +96,56 @@ TEST(Cli, UnavailableServerExitsThree) {
   auto h = Cli("-s 127.0.0.1:1 health");
   EXPECT_EQ(h.rc, 3);
   EXPECT_TRUE(absl::StrContains(h.out, "UNREACHABLE")) << h.out;
+  auto w = Cli("-s 127.0.0.1:1 health --wait 1");
+  EXPECT_EQ(w.rc, 3);
+  EXPECT_TRUE(absl::StrContains(w.out, "UNREACHABLE: no server answered within 1 s")) << w.out;
+}
+
+// health --wait rides on gRPC's wait-for-ready and the Watch stream: it waits for a server that is not listening
+// yet, then for its status to turn SERVING, and returns as soon as it does.
+TEST(Cli, HealthWaitWaitsForTheServerThenForServing) {
+  int port = 0;
+  {  // a port nobody listens on yet
+    FakeSinkscope probe;
+    FakeServer s(&probe);
+    port = s.port();
+  }
+  FakeSinkscope svc;
+  std::unique_ptr<FakeServer> server;
+  std::mutex mu;
+  std::thread later([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      server = std::make_unique<FakeServer>(&svc, "", "", port);
+      server->SetServing(false);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    std::lock_guard<std::mutex> lock(mu);
+    server->SetServing(true);
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = Cli("-s 127.0.0.1:" + std::to_string(port) + " health --wait 30");
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  later.join();
+  EXPECT_EQ(r.rc, 0) << r.out << r.err;
+  EXPECT_EQ(r.out, "SERVING\n");
+  EXPECT_GE(took, 1.4);  // not before SERVING
+  EXPECT_LT(took, 10);   // and soon after it
+  // Still NOT_SERVING when --wait runs out: that status, exit 3.
+  server->SetServing(false);
+  auto n = Cli("-s 127.0.0.1:" + std::to_string(port) + " health --wait 0.5");
+  EXPECT_EQ(n.rc, 3);
+  EXPECT_EQ(n.out, "NOT_SERVING\n");
+  EXPECT_EQ(Cli("-s 127.0.0.1:" + std::to_string(port) + " health").out, "NOT_SERVING\n");
 }
 
 TEST(Cli, GlobalOptionsGoAnywhere) {
   FakeSinkscope svc;
   FakeServer server(&svc);
-  for (const std::string& args : {"-s " + server.address() + " -f json models", "models -s " + server.address() +
-                                                                                    " -f json",
-                                  "-f json models --server " + server.address()}) {
+  for (const std::string& args :
+       {"-s " + server.address() + " -f json models", "models -s " + server.address() + " -f json",
+        "-f json models --server " + server.address()}) {
     auto r = Cli(args);
     EXPECT_EQ(r.rc, 0) << args << r.err;
     EXPECT_TRUE(absl::StrContains(r.out, "\"name\":\"fake-rope\"")) << args << r.out;
@@ -125,7 +171,8 @@ TEST(Cli, TokensFromFlagFileOrEnvAndRefusalsExitThree) {
   const fs::path dir = Temp("token");
   std::ofstream(dir / "token") << "s3cret\n";
   EXPECT_EQ(Cli(s + "--token-file " + (dir / "token").string() + " models").rc, 0);
-  EXPECT_EQ(Sh("SINKSCOPE_TOKEN_FILE=" + (dir / "token").string() + " " + SINKSCOPE_CLI_PATH + " " + s + "models").rc, 0);
+  EXPECT_EQ(Sh("SINKSCOPE_TOKEN_FILE=" + (dir / "token").string() + " " + SINKSCOPE_CLI_PATH + " " + s + "models").rc,
+            0);
   auto denied = Cli(s + "--token denied models");
   EXPECT_EQ(denied.rc, 3);
   EXPECT_TRUE(absl::StrContains(denied.err, "permission denied: principal 'denied' may not submit jobs")) << denied.err;
@@ -134,9 +181,10 @@ TEST(Cli, TokensFromFlagFileOrEnvAndRefusalsExitThree) {
 
 TEST(Cli, TlsWithACaFile) {
   const fs::path dir = Temp("tls");
-  auto gen = Sh("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext "
-                "'subjectAltName=DNS:localhost,IP:127.0.0.1' -keyout " + (dir / "key.pem").string() + " -out " +
-                (dir / "cert.pem").string());
+  auto gen =
+      Sh("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext "
+         "'subjectAltName=DNS:localhost,IP:127.0.0.1' -keyout " +
+         (dir / "key.pem").string() + " -out " + (dir / "cert.pem").string());
   if (gen.rc != 0) GTEST_SKIP() << "openssl cannot make a test certificate: " << gen.err;
   FakeSinkscope svc;
   svc.token = "t";

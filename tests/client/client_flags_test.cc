@@ -76,7 +76,8 @@ TEST(ClientFlags, BadCombinationsAreClearErrors) {
 
 TEST(ClientFlags, SpecFileJsonAndModelOverride) {
   const std::string path = testing::TempDir() + "/spec.json";
-  std::ofstream(path) << R"({"models":["a"],"inputs":{"texts":{"texts":["hi"]}},"analyses":[{"sinkRate":{"tau":0.5}}]})";
+  std::ofstream(path)
+      << R"({"models":["a"],"inputs":{"texts":{"texts":["hi"]}},"analyses":[{"sinkRate":{"tau":0.5}}]})";
   JobFlags f;
   f.spec_file = path;
   auto s = BuildJobSpec(f);
@@ -87,6 +88,18 @@ TEST(ClientFlags, SpecFileJsonAndModelOverride) {
   s = BuildJobSpec(f);
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(s->models_size(), 2);
+  // Switches and limits apply on top of the file; inputs and analyses may not be mixed in.
+  f.truncate_to_context = true;
+  f.no_cache = true;
+  f.max_tokens = 64;
+  s = BuildJobSpec(f);
+  ASSERT_TRUE(s.ok());
+  EXPECT_TRUE(s->truncate_to_context());
+  EXPECT_TRUE(s->no_cache());
+  EXPECT_EQ(s->limits().max_tokens(), 64);
+  f.sink_rate = true;
+  EXPECT_NE(BuildJobSpec(f).status().message().find("no input or analysis flag"), std::string::npos);
+  f.sink_rate = false;
   std::ofstream(path) << "{not json";
   EXPECT_FALSE(BuildJobSpec(f).ok());
 }

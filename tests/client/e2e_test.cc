@@ -105,8 +105,10 @@ class E2e : public testing::Test {
 
 TEST_F(E2e, TheStudysComparisonInOneCommandWithTablesAndFigures) {
   const fs::path d = Dir("phase");
-  const CliResult r = Cli(S0() + "run -m tiny-rope,tiny-drope --dataset brown-heldout --max-prompts 6 --max-tokens 64 "
-                                 "--phase --save " + (d / "phase.jsonl").string() + " --plot " + (d / "fig").string());
+  const CliResult r = Cli(S0() +
+                          "run -m tiny-rope,tiny-drope --dataset brown-heldout --max-prompts 6 --max-tokens 64 "
+                          "--phase --save " +
+                          (d / "phase.jsonl").string() + " --plot " + (d / "fig").string());
   ASSERT_EQ(r.rc, 0) << r.err;
   for (const auto& l : Lines(r.out)) EXPECT_LE(sinkscope::client::DisplayWidth(l), 100u) << l;
   for (const char* needle : {"tiny-rope\nlayer", "tiny-drope\nlayer", "bos_mlp@spike", "comparison", "provenance",
@@ -134,9 +136,10 @@ TEST_F(E2e, TheStudysComparisonInOneCommandWithTablesAndFigures) {
 }
 
 TEST_F(E2e, JsonAndCsvForScriptsWithPerPromptResults) {
-  const std::string job = "run -m tiny-rope,tiny-drope -t 'The quick brown fox jumps over the lazy dog.' "
-                          "-t 'It was the best of times, it was the worst of times.' -t 'Call me Ishmael.' "
-                          "--sink-rate --residual --entropy --massive --perplexity --per-prompt --emit-token-ids";
+  const std::string job =
+      "run -m tiny-rope,tiny-drope -t 'The quick brown fox jumps over the lazy dog.' "
+      "-t 'It was the best of times, it was the worst of times.' -t 'Call me Ishmael.' "
+      "--sink-rate --residual --entropy --massive --perplexity --per-prompt --emit-token-ids";
   const CliResult j = Cli(S0() + "-f json " + job);
   ASSERT_EQ(j.rc, 0) << j.err;
   const auto lines = Lines(j.out);
@@ -203,9 +206,16 @@ TEST_F(E2e, GlobalOptionsAfterTheCommandAndExitCodes) {
   EXPECT_EQ(unknown.rc, 2);
   EXPECT_TRUE(absl::StrContains(unknown.err, "gpt5")) << unknown.err;
   // A deadline the job cannot meet: cancelled, exit 5.
-  const CliResult late = Cli(S0() + "-q run -m tiny-rope,tiny-drope --dataset brown-heldout --max-prompts 200 --phase "
-                                    "--deadline 0.2");
+  const CliResult late = Cli(S0() +
+                             "-q run -m tiny-rope,tiny-drope --dataset brown-heldout --max-prompts 200 --phase "
+                             "--truncate-to-context --no-cache --deadline 0.2");
   EXPECT_EQ(late.rc, 5) << late.out << late.err;
+  // Prompts longer than the model's context (128 tokens): rejected unless cut, and the message says how.
+  const CliResult longer = Cli(S0() + "run -m tiny-rope --dataset study-disruption-literary --perplexity");
+  EXPECT_EQ(longer.rc, 2);
+  EXPECT_TRUE(absl::StrContains(longer.err, "--truncate-to-context")) << longer.err;
+  EXPECT_EQ(Cli(S0() + "-q run -m tiny-rope --dataset study-disruption-literary --perplexity --truncate-to-context").rc,
+            0);
   // Cancelling a finished job says so and exits 1.
   const CliResult id = Cli(S0() + "submit -m tiny-rope -t hi --sink-rate");
   ASSERT_EQ(id.rc, 0);
@@ -226,7 +236,8 @@ TEST_F(E2e, BatchOfFiftyOverTwoServersWithAFailureThenAResume) {
       if (i % 10 == 0) {  // a JobSpec line every tenth job
         f << R"({"name":"job-)" << i << R"(","spec":{"models":[")" << model
           << R"("],"inputs":{"texts":{"texts":["Spec job )" << i
-          << R"(."]}},"analyses":[{"sink_rate":{}},{"perplexity":{}}]}})" << "\n";
+          << R"(."]}},"analyses":[{"sink_rate":{}},{"perplexity":{}}]}})"
+          << "\n";
       } else {
         f << "-m " << model << " -t 'Batch prompt number " << i << ".' --sink-rate --residual --perplexity --tau "
           << (broken && i == 25 ? "3" : "0.3") << " --label job-" << i << "\n";
@@ -319,12 +330,12 @@ TEST_F(E2e, InterruptedBatchCancelsOrDetachesAndAResumeFinishes) {
 TEST_F(E2e, TheExamplesBatchRunsAndItsResultsPlot) {
   const fs::path d = Dir("examples");
   const std::string ex = std::string(SINKSCOPE_SOURCE_DIR) + "/examples/";
-  const CliResult r = Cli("-q -s " + Addr(0) + "," + Addr(1) + " batch " + ex + "batch.jsonl --out " +
-                          (d / "out").string());
+  const CliResult r =
+      Cli("-q -s " + Addr(0) + "," + Addr(1) + " batch " + ex + "batch.jsonl --out " + (d / "out").string());
   ASSERT_EQ(r.rc, 0) << r.out << r.err;
-  const CliResult p = Cli("plot " + (d / "out" / "jobs" / "phase.jsonl").string() + " " +
-                          (d / "out" / "jobs" / "qk_disruption_literary.jsonl").string() + " --out " +
-                          (d / "fig").string());
+  const CliResult p =
+      Cli("plot " + (d / "out" / "jobs" / "phase.jsonl").string() + " " +
+          (d / "out" / "jobs" / "qk_disruption_literary.jsonl").string() + " --out " + (d / "fig").string());
   if (sinkscope::client::FindGnuplot().empty()) GTEST_SKIP() << "gnuplot not installed";
   ASSERT_EQ(p.rc, 0) << p.err;
   for (const char* name : {"sink_rate", "bos_norm", "massive_qkv", "entropy", "perplexity"}) {

@@ -98,8 +98,8 @@ std::vector<v1::JobEvent> MakeEvents(const SyntheticJob& j) {
       return r;
     };
     ppl("baseline", base, -1, 0);
-    ppl("bos_mlp@spike", drope ? 18.5 : 950.75, drope ? 2 : 1, 0)->set_detail(drope ? "layer 2 (argmax_ratio)"
-                                                                                      : "layer 1 (argmax_ratio)");
+    ppl("bos_mlp@spike", drope ? 18.5 : 950.75, drope ? 2 : 1, 0)
+        ->set_detail(drope ? "layer 2 (argmax_ratio)" : "layer 1 (argmax_ratio)");
     auto* qk = ppl("qk_massive", drope ? 16.0 : 25.0, -1, drope ? 120 : 2946);
     qk->set_detail(drope ? "120 dims in 30 layers" : "2946 dims in 32 layers");
     for (double c : {10.6, 10.7, 10.8}) qk->add_control_perplexities(c + (drope ? 5 : 0));

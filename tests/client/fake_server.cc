@@ -1,5 +1,7 @@
 #include "tests/client/fake_server.h"
 
+#include <grpcpp/health_check_service_interface.h>
+
 namespace sinkscope::testing {
 namespace v1 = sinkscope::v1;
 
@@ -12,8 +14,10 @@ grpc::Status FakeSinkscope::Check(grpc::ServerContext* ctx) {
     last_auth_ = auth;
   }
   if (token.empty()) return grpc::Status::OK;
-  if (auth == "Bearer denied") return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "principal 'denied' may not submit jobs");
-  if (auth != "Bearer " + token) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing or unknown bearer token");
+  if (auth == "Bearer denied")
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "principal 'denied' may not submit jobs");
+  if (auth != "Bearer " + token)
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing or unknown bearer token");
   return grpc::Status::OK;
 }
 
@@ -85,14 +89,15 @@ grpc::Status FakeSinkscope::GetJob(grpc::ServerContext* ctx, const v1::GetJobReq
   return grpc::Status::OK;
 }
 
-grpc::Status FakeSinkscope::CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest*,
-                                      v1::CancelJobResponse* r) {
+grpc::Status FakeSinkscope::CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest*, v1::CancelJobResponse* r) {
   if (auto st = Check(ctx); !st.ok()) return st;
   r->set_state(cancel_state);
   return grpc::Status::OK;
 }
 
-FakeServer::FakeServer(FakeSinkscope* service, const std::string& cert_pem, const std::string& key_pem) {
+FakeServer::FakeServer(FakeSinkscope* service, const std::string& cert_pem, const std::string& key_pem, int port)
+    : port_(port) {
+  grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder b;
   std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
   if (!cert_pem.empty()) {
@@ -100,10 +105,12 @@ FakeServer::FakeServer(FakeSinkscope* service, const std::string& cert_pem, cons
     o.pem_key_cert_pairs.push_back({key_pem, cert_pem});
     creds = grpc::SslServerCredentials(o);
   }
-  b.AddListeningPort("127.0.0.1:0", creds, &port_);
+  b.AddListeningPort("127.0.0.1:" + std::to_string(port), creds, &port_);
   b.RegisterService(service);
   server_ = b.BuildAndStart();
 }
+
+void FakeServer::SetServing(bool serving) { server_->GetHealthCheckService()->SetServingStatus(serving); }
 
 FakeServer::~FakeServer() {
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));

@@ -49,9 +49,12 @@ class FakeSinkscope final : public sinkscope::v1::Sinkscope::Service {
 
 class FakeServer {
  public:
-  // TLS when `cert_pem` and `key_pem` are given.
-  explicit FakeServer(FakeSinkscope* service, const std::string& cert_pem = "", const std::string& key_pem = "");
+  // TLS when `cert_pem` and `key_pem` are given. `port` 0: any free port.
+  explicit FakeServer(FakeSinkscope* service, const std::string& cert_pem = "", const std::string& key_pem = "",
+                      int port = 0);
   ~FakeServer();
+  // grpc.health.v1 (gRPC's default service, as sinkscoped has): SERVING or NOT_SERVING.
+  void SetServing(bool serving);
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   int port() const { return port_; }
 

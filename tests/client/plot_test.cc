@@ -44,8 +44,8 @@ TEST(Plot, CollectsOneSeriesPerModelAndTheConditions) {
   EXPECT_DOUBLE_EQ(d.series[0].bos_norm.at(1).mean, 712.34567);
   std::vector<std::string> conditions;
   for (const auto& b : d.perplexity) conditions.push_back(b.condition);
-  EXPECT_EQ(conditions, (std::vector<std::string>{"baseline", "bos_mlp@spike", "qk_massive",
-                                                  "qk_massive (random control)"}));
+  EXPECT_EQ(conditions,
+            (std::vector<std::string>{"baseline", "bos_mlp@spike", "qk_massive", "qk_massive (random control)"}));
   EXPECT_EQ(FigureNames(d),
             (std::vector<std::string>{"sink_rate", "bos_norm", "massive_qkv", "entropy", "perplexity"}));
   // The same model in two jobs: two series, told apart by job id.

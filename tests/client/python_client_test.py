@@ -141,9 +141,15 @@ class PythonClientTest(unittest.TestCase):
         with self.assertRaises(sinkscope.UnavailableError) as u:
             sinkscope.Client("127.0.0.1:1", timeout=3).models()
         self.assertEqual(u.exception.exit_code, 3)
+        t0 = time.monotonic()
+        with self.assertRaises(TimeoutError) as t:  # wait_ready: nobody listening within the timeout
+            sinkscope.Client("127.0.0.1:1").wait_ready(timeout=1)
+        self.assertIn("last status: UNREACHABLE", str(t.exception))
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertEqual(list(self.client.wait_ready(timeout=5).state), ["READY", "READY"])
         with self.assertRaises(sinkscope.JobCancelledError) as c:
             self.client.run(models=["tiny-rope", "tiny-drope"], dataset="brown-heldout", analyses=["phase"],
-                            max_prompts=200, deadline=0.2)
+                            max_prompts=200, truncate_to_context=True, deadline=0.2)
         self.assertEqual(c.exception.exit_code, 5)
 
     def test_submit_watch_cancel_jobs_and_save(self):

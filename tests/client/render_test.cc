@@ -75,29 +75,34 @@ TEST(Csv, LongFormatKeepsEveryNumberAtFullPrecision) {
   EXPECT_EQ(lines[0], "job_id,kind,model,condition,prompt,layer,head,metric,value,text");
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), static_cast<long>(lines.size()));
   const std::string id = "j-00000000000000aa";
-  // 0.71875 stays 0.71875; std and n are there; per-head scores have a head column.
-  EXPECT_TRUE(absl::StrContains(csv, id + ",layer,llama2-7b-drope,baseline,,5,,sink_rate,0.71875,\n")) << csv.substr(0, 400);
-  EXPECT_TRUE(absl::StrContains(csv, id + ",layer,llama2-7b-drope,baseline,,5,,sink_rate.std,0.0625,\n"));
-  EXPECT_TRUE(absl::StrContains(csv, id + ",layer,llama2-7b,baseline,,3,,sink_rate.n,3,\n"));
-  EXPECT_TRUE(absl::StrContains(csv, id + ",head,llama2-7b,baseline,,0,31,head_score,"));
-  EXPECT_TRUE(absl::StrContains(csv, id + ",layer,llama2-7b,baseline,,1,,bos_norm,712.34567,\n"));
-  EXPECT_TRUE(absl::StrContains(csv, id + ",layer,llama2-7b,baseline,,0,,massive.q.top1.dim,100,\n"));
-  EXPECT_TRUE(absl::StrContains(csv, id + ",perplexity,llama2-7b,qk_massive,,,,control.std,0.08165,\n"));
-  EXPECT_TRUE(absl::StrContains(csv, id + ",perplexity,llama2-7b,qk_massive,,,,control_perplexity.2,10.7,\n"));
-  // Provenance as text records; the comparison with differences, and ratios only where they mean something.
-  EXPECT_TRUE(absl::StrContains(csv, id + ",provenance,llama2-7b,,,,,weights_digest,," + std::string(64, 'a')));
-  EXPECT_TRUE(absl::StrContains(csv, id + ",provenance,llama2-7b,bos_mlp@spike,,,,detail,,layer 1 (argmax_ratio)"));
-  EXPECT_TRUE(absl::StrContains(csv, id + ",comparison,llama2-7b-drope,,,,,bos_spike_layer.argmax_ratio.diff,1,"));
+  // Rows of job `id` that must be there: 0.71875 stays 0.71875; std and n are there; per-head scores have a head
+  // column; provenance as text records; the comparison with differences; per prompt: per-layer metrics, per-head
+  // scores, NLL per condition, token ids.
+  const std::string rows[] = {
+      "layer,llama2-7b-drope,baseline,,5,,sink_rate,0.71875,\n",
+      "layer,llama2-7b-drope,baseline,,5,,sink_rate.std,0.0625,\n",
+      "layer,llama2-7b,baseline,,3,,sink_rate.n,3,\n",
+      "head,llama2-7b,baseline,,0,31,head_score,",
+      "layer,llama2-7b,baseline,,1,,bos_norm,712.34567,\n",
+      "layer,llama2-7b,baseline,,0,,massive.q.top1.dim,100,\n",
+      "perplexity,llama2-7b,qk_massive,,,,control.std,0.08165,\n",
+      "perplexity,llama2-7b,qk_massive,,,,control_perplexity.2,10.7,\n",
+      "provenance,llama2-7b,,,,,weights_digest,," + std::string(64, 'a'),
+      "provenance,llama2-7b,bos_mlp@spike,,,,detail,,layer 1 (argmax_ratio)",
+      "provenance,llama2-7b,,,,,truncated_prompts,0,\n",
+      "comparison,llama2-7b-drope,,,,,bos_spike_layer.argmax_ratio.diff,1,",
+      "prompt_layer,llama2-7b,baseline,2,4,,bos_ratio,1.75,\n",
+      "prompt_layer,llama2-7b,baseline,0,3,,massive.k.count,11,\n",
+      "prompt_head,llama2-7b,baseline,1,0,7,head_score,0.5,\n",
+      "prompt_perplexity,llama2-7b,qk_massive/control_seed_42,0,,,nll_sum,80.5,\n",
+      "prompt,llama2-7b,,0,,,token_ids,,1 101 102 103",
+      "state,,,,,,state,,SUCCEEDED\n",
+  };
+  for (const std::string& row : rows) EXPECT_TRUE(absl::StrContains(csv, id + "," + row)) << row;
+  // Ratios only where they mean something.
   EXPECT_FALSE(absl::StrContains(csv, "bos_spike_layer.argmax_ratio.ratio"));
   EXPECT_FALSE(absl::StrContains(csv, "increase_pct.ratio"));
   EXPECT_TRUE(absl::StrContains(csv, "massive_values.q.total.ratio,"));
-  // Per prompt: per-layer metrics, per-head scores, NLL per condition, token ids.
-  EXPECT_TRUE(absl::StrContains(csv, id + ",prompt_layer,llama2-7b,baseline,2,4,,bos_ratio,1.75,\n"));
-  EXPECT_TRUE(absl::StrContains(csv, id + ",prompt_layer,llama2-7b,baseline,0,3,,massive.k.count,11,\n"));
-  EXPECT_TRUE(absl::StrContains(csv, id + ",prompt_head,llama2-7b,baseline,1,0,7,head_score,0.5,\n"));
-  EXPECT_TRUE(absl::StrContains(csv, id + ",prompt_perplexity,llama2-7b,qk_massive/control_seed_42,0,,,nll_sum,80.5,\n"));
-  EXPECT_TRUE(absl::StrContains(csv, id + ",prompt,llama2-7b,,0,,,token_ids,,1 101 102 103"));
-  EXPECT_TRUE(absl::StrContains(csv, id + ",state,,,,,,state,,SUCCEEDED\n"));
   // Every non-text row has a number that parses; every row has 10 fields (no field holds a comma here).
   for (size_t i = 1; i < lines.size(); ++i) {
     std::vector<std::string> f = absl::StrSplit(lines[i], ',');
@@ -115,9 +120,7 @@ TEST(Csv, WidePivotsToOneRowPerLayerWithHeadColumns) {
   ASSERT_GE(header.size(), 40u);
   EXPECT_EQ(header[0], "job_id");
   EXPECT_EQ(header[4], "layer");
-  auto col = [&](const std::string& name) {
-    return std::find(header.begin(), header.end(), name) - header.begin();
-  };
+  auto col = [&](const std::string& name) { return std::find(header.begin(), header.end(), name) - header.begin(); };
   EXPECT_LT(col("head_score.h31"), static_cast<long>(header.size()));
   EXPECT_LT(col("sink_rate.std"), static_cast<long>(header.size()));
   EXPECT_LT(col("perplexity"), static_cast<long>(header.size()));
@@ -147,6 +150,15 @@ TEST(Table, FitsOneHundredColumnsAndWideShowsMore) {
   EXPECT_TRUE(absl::StrContains(table, "activation statistics"));
   EXPECT_TRUE(absl::StrContains(table, "per prompt"));
   EXPECT_TRUE(absl::StrContains(table, "finished: SUCCEEDED"));
+  EXPECT_TRUE(absl::StrContains(table, "truncated"));  // provenance: prompts cut to the context
+  EXPECT_FALSE(absl::StrContains(table, "cached"));
+  auto cached = evs;
+  for (auto& ev : cached)
+    if (ev.has_summary()) {
+      ev.mutable_summary()->set_cached(true);
+      ev.mutable_summary()->set_cached_from("j-0000000000000001");
+    }
+  EXPECT_TRUE(absl::StrContains(RenderAll(cached, Format::kTable), "cached: the results of job j-0000000000000001"));
   const std::string wide = RenderAll(evs, Format::kTable, /*wide=*/true);
   EXPECT_TRUE(absl::StrContains(wide, "h31"));
   EXPECT_TRUE(absl::StrContains(wide, "other_norm"));
