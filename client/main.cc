@@ -1,6 +1,6 @@
 // sinkscope: command-line client for sinkscoped (gRPC only; no LibTorch). Reference: docs/client.md.
 //   sinkscope models
-//   sinkscope run -m tiny-rope,tiny-drope --dataset brown-heldout --phase --plot figures/
+//   sinkscope run -m tiny-rope,tiny-drope --dataset brown-heldout --truncate-to-context --phase --plot figures/
 //   sinkscope batch examples/batch.jsonl --out runs/ --server a:50051,b:50051
 // Global options go anywhere on the line. Exit status (exit_codes.h): 0 ok, 1 other error, 2 usage, 3 server
 // unavailable or credentials refused, 4 job failed, 5 cancelled or interrupted.
@@ -71,16 +71,18 @@ int Main(int argc, char** argv) {
   run->add_flag("--detach", detach, "Print the job id and return without streaming");
   run->add_option("--save", wo.save, "Also write every event as a JSON line to FILE (for `sinkscope plot`)");
   run->add_option("--plot", wo.plot_dir, "Write the study's figures (PNG, SVG) to DIR when the job ends");
-  run->footer(Example({"sinkscope run -m tiny-rope,tiny-drope --dataset brown-heldout --max-prompts 32 --phase \\",
-                       "    --save phase.jsonl --plot figures/",
-                       "sinkscope run -m tiny-rope -t \"The quick brown fox.\" --sink-rate --tau 0.3 --per-prompt",
-                       "sinkscope run --spec examples/specs/qk_disruption_literary.json",
-                       "sinkscope -f csv run -m tiny-drope --dataset study-massive-comparison --massive > m.csv"}));
+  run->footer(Example(
+      {"sinkscope run -m tiny-rope,tiny-drope --dataset brown-heldout --max-prompts 32 --phase \\",
+       "    --save phase.jsonl --plot figures/",
+       "sinkscope run -m tiny-rope -t \"The quick brown fox.\" --sink-rate --tau 0.3 --per-prompt",
+       "sinkscope run --spec examples/specs/qk_disruption_literary.json",
+       "sinkscope -f csv run -m tiny-drope -d study-massive-comparison --truncate-to-context --massive > m.csv"}));
   JobFlags sf;
   auto* submit = app.add_subcommand("submit", "Submit a job and print its id (then: watch, get, cancel)");
   AddJobFlags(submit, &sf);
-  submit->footer(Example(
-      {"id=$(sinkscope submit -m tiny-rope,tiny-drope --dataset brown-heldout --phase)", "sinkscope watch \"$id\""}));
+  submit->footer(
+      Example({"id=$(sinkscope submit -m tiny-rope,tiny-drope --dataset brown-heldout --truncate-to-context --phase)",
+               "sinkscope watch \"$id\""}));
 
   std::string job_id;
   uint64_t from_seq = 0;
@@ -114,8 +116,9 @@ int Main(int argc, char** argv) {
       ->required()
       ->check(CLI::ExistingFile);
   plot->add_option("--out", plot_out, "Directory for the figures")->required();
-  plot->footer(Example({"sinkscope run -m tiny-rope,tiny-drope -d brown-heldout --phase --save phase.jsonl",
-                        "sinkscope plot phase.jsonl --out figures/"}));
+  plot->footer(
+      Example({"sinkscope run -m tiny-rope,tiny-drope -d brown-heldout --max-prompts 32 --phase --save phase.jsonl",
+               "sinkscope plot phase.jsonl --out figures/"}));
 
   BatchOptions bo;
   auto* batch = app.add_subcommand("batch", "Run many jobs over one or more servers; resumable (docs/client.md)");
@@ -136,10 +139,11 @@ int Main(int argc, char** argv) {
   completion->footer(Example({"source <(sinkscope completion bash)"}));
 
   // Set last: a subcommand copies its parent's footer when it is created.
-  app.footer(Example({"sinkscope health --wait 60 && sinkscope models",
-                      "sinkscope run -m tiny-rope,tiny-drope --dataset brown-heldout --phase --plot figures/",
-                      "sinkscope batch examples/batch.jsonl --out runs/ --server a:50051,b:50051"}) +
-             "\nEvery command: sinkscope COMMAND --help. Reference: docs/client.md; examples: examples/README.md.\n");
+  app.footer(
+      Example({"sinkscope health --wait 60 && sinkscope models",
+               "sinkscope run -m tiny-rope,tiny-drope -d brown-heldout --truncate-to-context --phase --plot figures/",
+               "sinkscope batch examples/batch.jsonl --out runs/ --server a:50051,b:50051"}) +
+      "\nEvery command: sinkscope COMMAND --help. Reference: docs/client.md; examples: examples/README.md.\n");
 
   try {
     app.parse(argc, argv);

@@ -294,7 +294,7 @@ TEST_F(E2e, InterruptedBatchCancelsOrDetachesAndAResumeFinishes) {
       f << "jobs:\n";
       for (int i = 1; i <= 6; ++i)
         f << "  - name: slow-" << i << "\n    args: -m tiny-rope,tiny-drope --dataset brown-heldout --max-prompts 48 "
-          << "--phase --seed " << i << "\n";
+          << "--phase --no-cache --seed " << i << "\n";  // slow on purpose: never a cached answer
     }
     const std::string cmd = std::string(SINKSCOPE_CLI_PATH) + " -s " + Addr(0) + "," + Addr(1) + " batch " +
                             (d / "jobs.yaml").string() + " --out " + (d / "out").string() + " --concurrency 2" +
