@@ -198,6 +198,9 @@ void RenderServerInfo(const v1::ServerInfo& r, const RenderOptions& o, std::ostr
       << "limits: " << r.limits().max_tokens_per_prompt() << " tokens/prompt, " << r.limits().max_prompts_per_job()
       << " prompts/job, " << r.limits().max_queued_jobs() << " queued jobs, packing " << r.limits().pack_tokens()
       << " tokens/forward\n";
+  if (r.limits().max_tokens_per_job() > 0 || r.limits().max_planned_passes() > 0)
+    out << "per job: " << r.limits().max_tokens_per_job() << " tokens through all forwards, "
+        << r.limits().max_planned_passes() << " planned forward passes\n";
 }
 
 void RenderJob(const v1::Job& j, const RenderOptions& o, std::ostream& out) {
