@@ -24,7 +24,7 @@ OUT=.gpu-deps
 ROOTS=(
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev libabsl-dev libre2-dev libc-ares-dev
   libssl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
-  libsqlite3-dev libgtest-dev libgmock-dev zlib1g-dev libcurl4-openssl-dev
+  libsqlite3-dev libgtest-dev libgmock-dev zlib1g-dev libcurl4-openssl-dev libcpp-httplib-dev
 )
 # Present on any glibc system (and must come from the node, matching its compiler and libc), or not needed to build.
 # (pkgconf stays in: gRPC's Findre2.cmake requires pkg-config, which a bare node may lack.)

@@ -64,8 +64,9 @@ absl::Status FitContext(std::vector<std::vector<int32_t>>* prompts, const ModelH
   return absl::OkStatus();
 }
 
-// Edit positions must exist in every prompt (−T ≤ p < T): an edit that touches nothing would quietly report the
-// baseline as the intervention's result.
+// Each edit position must exist in at least one prompt of every model (−T ≤ p < T for the longest prompt): an edit
+// that touches nothing would quietly report the baseline as the intervention's result. Shorter prompts that lack
+// the position are left unedited at it (the study's prompts differ in length).
 absl::Status CheckEditPositions(const Plan& plan) {
   const PerplexitySpec* ppl = plan.perplexity();
   if (ppl == nullptr) return absl::OkStatus();
@@ -74,14 +75,16 @@ absl::Status CheckEditPositions(const Plan& plan) {
     if (edits == nullptr) continue;
     for (size_t e = 0; e < edits->size(); ++e)
       for (int32_t p : (*edits)[e].positions)
-        for (const ModelPlan& mp : plan.models)
-          for (size_t i = 0; i < mp.prompts.size(); ++i) {
-            const int64_t T = static_cast<int64_t>(mp.prompts[i].size());
-            if (p >= -T && p < T) continue;
-            return absl::InvalidArgumentError(absl::StrCat(
-                "analyses[", plan.perplexity_index, "].perplexity.interventions[", j, "].edits[", e, "].positions: ",
-                p, " is outside prompt ", i, " (", T, " tokens) of model ", mp.handle.name));
-          }
+        for (const ModelPlan& mp : plan.models) {
+          // A position applies to the prompts long enough to have it (prompts differ in length); one that no
+          // prompt has would silently do nothing.
+          int64_t longest = 0;
+          for (const auto& ids : mp.prompts) longest = std::max<int64_t>(longest, static_cast<int64_t>(ids.size()));
+          if (p >= -longest && p < longest) continue;
+          return absl::InvalidArgumentError(absl::StrCat(
+              "analyses[", plan.perplexity_index, "].perplexity.interventions[", j, "].edits[", e, "].positions: ", p,
+              " is outside every prompt of model ", mp.handle.name, " (the longest has ", longest, " tokens)"));
+        }
   }
   return absl::OkStatus();
 }

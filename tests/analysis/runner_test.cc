@@ -300,13 +300,21 @@ TEST(Runner, TruncationAndPromptLimits) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->models[0].num_prompts, 2);
   EXPECT_EQ(r->models[0].num_tokens, 5 + 4);
-  // The model's context (64 positions here) also caps the length.
+  EXPECT_EQ(r->models[0].truncated_prompts, 1);  // the 7-token prompt; the 4-token one fits
+  // A prompt longer than the model's context (64 positions here) is refused unless the job asks to truncate.
   std::vector<int32_t> long_prompt(100, 7);
   long_prompt[0] = 1;
-  auto r2 = job::RunJob(Spec({m.name}, {long_prompt}, {job::ResidualStatsSpec{}}), {m}, job::RunLimits{}, nullptr,
-                        NoCancel());
+  auto long_spec = Spec({m.name}, {long_prompt}, {job::ResidualStatsSpec{}});
+  auto refused = job::RunJob(long_spec, {m}, job::RunLimits{}, nullptr, NoCancel());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(refused.status().message()).find("prompt 0 has 100 tokens, more than model"),
+            std::string::npos)
+      << refused.status();
+  long_spec.truncate_to_context = true;
+  auto r2 = job::RunJob(long_spec, {m}, job::RunLimits{}, nullptr, NoCancel());
   ASSERT_TRUE(r2.ok()) << r2.status();
   EXPECT_EQ(r2->models[0].num_tokens, 64);
+  EXPECT_EQ(r2->models[0].truncated_prompts, 1);
 }
 
 TEST(Runner, TextsAndDatasetsAreTokenisedPerModel) {
@@ -318,6 +326,7 @@ TEST(Runner, TextsAndDatasetsAreTokenisedPerModel) {
   limits.data_dir = std::string(SINKSCOPE_SOURCE_DIR) + "/models/datasets";
   auto spec = Spec({m.name}, {}, {job::ResidualStatsSpec{}, job::PerplexitySpec{}});
   spec.inputs.dataset = "study-disruption-literary";
+  spec.truncate_to_context = true;  // its longest prompts exceed the tiny model's 64 positions
   auto r = job::RunJob(spec, {m}, limits, nullptr, NoCancel());
   ASSERT_TRUE(r.ok()) << r.status();
   auto d = job::LoadDataset("study-disruption-literary", "");
@@ -334,6 +343,7 @@ TEST(Runner, TextsAndDatasetsAreTokenisedPerModel) {
   // Same texts given inline → same token ids → same digest and numbers.
   auto inline_spec = Spec({m.name}, {}, {job::ResidualStatsSpec{}, job::PerplexitySpec{}});
   inline_spec.inputs.texts = d->prompts;
+  inline_spec.truncate_to_context = true;
   auto r2 = job::RunJob(inline_spec, {m}, limits, nullptr, NoCancel());
   ASSERT_TRUE(r2.ok()) << r2.status();
   EXPECT_EQ(r->inputs_digest, r2->inputs_digest);
@@ -354,6 +364,26 @@ struct BadCase {
   absl::StatusCode code;
   std::string needle;
 };
+
+// An edit position applies to the prompts that have it; one that no prompt has is refused (it would edit nothing).
+TEST(Runner, EditPositionsMustExistInSomePrompt) {
+  const auto models = Pair();
+  for (const auto& [position, ok] : std::vector<std::pair<int32_t, bool>>{{10, true}, {-11, true}, {11, false},
+                                                                           {-12, false}}) {
+    job::ActivationEdit e;
+    e.hook = "blocks.0.hook_resid_post";
+    e.positions = {position};
+    job::PerplexitySpec p;
+    p.interventions = {{"", std::vector<job::ActivationEdit>{e}}};
+    auto r = job::RunJob(Spec({"rope", "nope"}, Prompts(), {p}), models, job::RunLimits{}, nullptr, NoCancel());
+    EXPECT_EQ(r.ok(), ok) << position << ": " << r.status();
+    if (!ok)
+      EXPECT_NE(std::string(r.status().message())
+                    .find(absl::StrCat(position, " is outside every prompt of model rope (the longest has 11 tokens)")),
+                std::string::npos)
+          << r.status();
+  }
+}
 
 TEST(Runner, BadParametersGiveClearErrors) {
   const auto base_models = Pair();

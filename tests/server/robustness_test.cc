@@ -210,7 +210,7 @@ TEST_F(RobustnessTest, HonestInputsAndBoundedWork) {
   e->add_positions(10);
   auto bad_edit = Run(r.stub.get(), edit);
   EXPECT_EQ(bad_edit.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(std::string(bad_edit.status().message()).find("10 is outside prompt 0 (4 tokens)"), std::string::npos)
+  EXPECT_NE(std::string(bad_edit.status().message()).find("10 is outside every prompt of model m (the longest has 4 tokens)"), std::string::npos)
       << bad_edit.status();
   // Too much work: 1 baseline + 3 control passes > max_planned_passes=3.
   v1::JobSpec big = IdsJob("m", {1, 2, 3, 4});
