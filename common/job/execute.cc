@@ -328,9 +328,12 @@ class Executor {
     o.return_logits = false;
     o.return_target_nll = want_nll;
     o.check_finite = true;  // a NaN/Inf job fails with the layer named, rather than reporting plausible zeros
+    // A packed forward works on all its prompts at once: its layers report the last of them (prompt k of N = the
+    // job is through prompt k once this forward ends).
+    const int32_t last = p + pass.num_prompts - 1;
     o.after_layer = [&](int l) -> absl::Status {
       if (on_layer) on_layer(l);
-      ReportProgress(condition, p, P, l, L, /*force=*/false);
+      ReportProgress(condition, last, P, l, L, /*force=*/false);
       return Cancelled();
     };
     absl::StatusOr<model::ForwardResult> r = mh.model->Forward(ids, o);

@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "server/metrics.h"
 #include "server/server.h"
 #include "sinkscope/v1/service.grpc.pb.h"
 #include "tests/server/state_fixture.h"
@@ -129,6 +130,9 @@ TEST_F(OpsTest, MetricsGaugesTimestampsAndReusedKeys) {
   EXPECT_TRUE(absl::StrContains(scraped, "sinkscope_jobs_total{outcome=\"succeeded\"} 1")) << scraped;
   EXPECT_EQ(Shell(absl::StrCat("curl -s -o /dev/null -w '%{http_code}' --max-time 3 ", url, "/nope")), "404");
   for (int fd : idle) close(fd);
+  // The metrics port is not shared either: a second endpoint on it fails.
+  auto clash = server::Metrics::Create(absl::StrCat("127.0.0.1:", (*s)->metrics().port()));
+  EXPECT_EQ(clash.status().code(), absl::StatusCode::kUnavailable) << clash.status();
 }
 
 TEST_F(OpsTest, JsonLogsSighupReloadsTokensAndFlagErrors) {
