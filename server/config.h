@@ -42,7 +42,7 @@ namespace sinkscope::server {
 struct ModelConfig {
   std::string name, path, dtype = "float32", device = "cpu", description;
   bool digest = true;
-  std::string tokenizer;  // tokenizer.model file or its directory; empty = beside the weights (optional there)
+  std::string tokenizer = "";  // tokenizer.model file or its directory; empty = beside the weights (optional)
 };
 
 struct StateConfig {

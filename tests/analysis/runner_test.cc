@@ -377,11 +377,12 @@ TEST(Runner, EditPositionsMustExistInSomePrompt) {
     p.interventions = {{"", std::vector<job::ActivationEdit>{e}}};
     auto r = job::RunJob(Spec({"rope", "nope"}, Prompts(), {p}), models, job::RunLimits{}, nullptr, NoCancel());
     EXPECT_EQ(r.ok(), ok) << position << ": " << r.status();
-    if (!ok)
+    if (!ok) {
       EXPECT_NE(std::string(r.status().message())
                     .find(absl::StrCat(position, " is outside every prompt of model rope (the longest has 11 tokens)")),
                 std::string::npos)
           << r.status();
+    }
   }
 }
 
