@@ -201,6 +201,9 @@ void RenderServerInfo(const v1::ServerInfo& r, const RenderOptions& o, std::ostr
   if (r.limits().max_tokens_per_job() > 0 || r.limits().max_planned_passes() > 0)
     out << "per job: " << r.limits().max_tokens_per_job() << " tokens through all forwards, "
         << r.limits().max_planned_passes() << " planned forward passes\n";
+  if (r.limits().forward_memory_bytes() > 0)
+    out << "per forward: " << absl::StrFormat("%.1f", static_cast<double>(r.limits().forward_memory_bytes()) / (1 << 30))
+        << " GiB of activations at most\n";
 }
 
 void RenderJob(const v1::Job& j, const RenderOptions& o, std::ostream& out) {

@@ -170,6 +170,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, con
       if (l["forward_memory_bytes"]) {
         ASSIGN_OR_RETURN(cfg.limits.forward_memory_bytes,
                          Int(l["forward_memory_bytes"], "limits.forward_memory_bytes", 0, int64_t{1} << 50));
+        cfg.forward_memory_auto = false;
       }
       if (l["max_request_bytes"]) {
         ASSIGN_OR_RETURN(cfg.max_request_bytes,

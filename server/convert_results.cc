@@ -220,6 +220,7 @@ void ToProto(const job::RunLimits& limits, int32_t max_queued_jobs, int32_t max_
   p->set_pack_tokens(limits.pack_tokens);
   p->set_max_tokens_per_job(limits.max_tokens_per_job);
   p->set_max_planned_passes(limits.max_planned_passes);
+  p->set_forward_memory_bytes(limits.forward_memory_bytes);
 }
 
 }  // namespace sinkscope::server

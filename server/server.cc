@@ -3,6 +3,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <thread>
@@ -69,7 +70,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
   s->registry_ = MakeRegistry(cfg.models);
   JobManager::Options jo;
   jo.max_queued_jobs = cfg.max_queued_jobs;
-  jo.limits = cfg.limits;
+  job::RunLimits limits = cfg.limits;
+  if (cfg.forward_memory_auto) {
+    const int64_t host = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+    limits.forward_memory_bytes = host / 2;
+    spdlog::info("limits.forward_memory_bytes: {:.1f} GiB (half the host's memory)",
+                 static_cast<double>(limits.forward_memory_bytes) / (1 << 30));
+  }
+  jo.limits = limits;
   jo.server_version = kVersion;
   jo.metrics = s->metrics_.get();
   jo.retention = {cfg.state.keep_finished, cfg.state.max_bytes, cfg.state.max_age_days * 86400.0};
@@ -88,7 +96,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
   so.compute_threads = threads;
   so.datasets_dir = cfg.datasets_dir;
   so.tokens = s->tokens_.get();
-  ToProto(cfg.limits, cfg.max_queued_jobs, cfg.max_request_bytes, &so.limits);
+  ToProto(limits, cfg.max_queued_jobs, cfg.max_request_bytes, &so.limits);
   s->service_ = std::make_unique<SinkscopeService>(so, s->registry_.get(), s->jobs_.get(), s->metrics_.get());
 
   grpc::EnableDefaultHealthCheckService(true);

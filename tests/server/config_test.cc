@@ -37,6 +37,10 @@ limits: {max_tokens_per_prompt: 512, max_prompts_per_job: 10, max_queued_jobs: 3
   EXPECT_EQ(c->limits.max_planned_passes, 77);
   EXPECT_EQ(c->limits.forward_memory_bytes, int64_t{8} << 30);
   EXPECT_EQ(c->max_request_bytes, 65536);
+  EXPECT_FALSE(c->forward_memory_auto);  // given: the server keeps it
+  auto d = ParseServerConfig("models: [{name: a, path: p}]", "/tmp");
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE(d->forward_memory_auto);  // absent: the server sizes it from its memory
 }
 
 TEST(ServerConfig, ErrorsNameTheKey) {

@@ -96,6 +96,15 @@ TEST_F(OpsTest, MetricsGaugesTimestampsAndReusedKeys) {
   ASSERT_GT((*s)->metrics().port(), 0);
   auto stub = v1::Sinkscope::NewStub(grpc::CreateChannel((*s)->address(), grpc::InsecureChannelCredentials()));
 
+  // The forward memory budget defaults to half the host's memory, and `info` shows it.
+  {
+    grpc::ClientContext ctx;
+    v1::ServerInfo info;
+    ASSERT_TRUE(stub->GetServerInfo(&ctx, {}, &info).ok());
+    EXPECT_EQ(info.limits().forward_memory_bytes(),
+              static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE) / 2);
+  }
+
   v1::SubmitJobRequest req = TinyJob(42);
   req.set_idempotency_key("k1");
   std::string id, again, other;
