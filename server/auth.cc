@@ -32,7 +32,7 @@ absl::StatusOr<TokenTable> TokenTable::Parse(const std::string& yaml, const std:
   TokenTable t;
   try {
     const YAML::Node root = YAML::Load(yaml);
-    const YAML::Node list = root["tokens"];
+    const YAML::Node list = root.IsMap() ? root["tokens"] : YAML::Node();  // [] on a scalar would throw
     if (!root.IsMap() || !list || !list.IsSequence() || list.size() == 0)
       return Bad(origin, "expected a non-empty list under 'tokens' ({principal, role, token | sha256} entries)");
     for (size_t i = 0; i < list.size(); ++i) {

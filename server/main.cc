@@ -96,7 +96,13 @@ int main(int argc, char** argv) {
   auto server = sinkscope::server::Server::Start(opts, *cfg);
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());
-    return 1;
+    // 2: the configuration is wrong (tokens file, TLS files, listen policy): restarting will not help (the systemd
+    // unit does not retry it); 1: anything else, e.g. a port in use, which a restart may cure.
+    const absl::StatusCode c = server.status().code();
+    return c == absl::StatusCode::kInvalidArgument || c == absl::StatusCode::kNotFound ||
+                   c == absl::StatusCode::kFailedPrecondition || c == absl::StatusCode::kPermissionDenied
+               ? 2
+               : 1;
   }
   if (const std::string pf = absl::GetFlag(FLAGS_port_file); !pf.empty()) {
     FILE* f = std::fopen(pf.c_str(), "w");

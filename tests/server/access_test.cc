@@ -151,6 +151,7 @@ TEST_F(AccessTest, TokensRolesAndOwnership) {
 TEST_F(AccessTest, TokensFileErrorsNameTheEntry) {
   for (const auto& [yaml, needle] : std::vector<std::pair<std::string, std::string>>{
            {"tokens: []", "non-empty list"},
+           {"dG9rZW5zOiBbXQo=", "non-empty list"},  // not YAML at all (a base64 string)
            {"tokens: [{principal: a, role: root, token: 12345678}]", "tokens[0].role: 'root'"},
            {"tokens: [{principal: a, role: user}]", "exactly one of token and sha256"},
            {"tokens: [{principal: a, role: user, sha256: abc}]", "tokens[0].sha256"},
