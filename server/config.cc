@@ -149,7 +149,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, con
       RETURN_IF_ERROR(CheckKeys(l, "limits",
                                 {"max_tokens_per_prompt", "max_prompts_per_job", "max_queued_jobs", "pack_tokens",
                                  "max_tokens_per_job", "max_planned_passes", "forward_memory_bytes",
-                                 "max_request_bytes"}));
+                                 "residual_memory_bytes", "max_request_bytes"}));
       for (auto [key, field] : {std::pair{"max_tokens_per_prompt", &cfg.limits.max_tokens_per_prompt},
                                 std::pair{"max_prompts_per_job", &cfg.limits.max_prompts},
                                 std::pair{"max_queued_jobs", &cfg.max_queued_jobs},
@@ -171,6 +171,11 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, con
         ASSIGN_OR_RETURN(cfg.limits.forward_memory_bytes,
                          Int(l["forward_memory_bytes"], "limits.forward_memory_bytes", 0, int64_t{1} << 50));
         cfg.forward_memory_auto = false;
+      }
+      // 0: no budget (one wave).
+      if (l["residual_memory_bytes"]) {
+        ASSIGN_OR_RETURN(cfg.limits.residual_memory_bytes,
+                         Int(l["residual_memory_bytes"], "limits.residual_memory_bytes", 0, int64_t{1} << 50));
       }
       if (l["max_request_bytes"]) {
         ASSIGN_OR_RETURN(cfg.max_request_bytes,

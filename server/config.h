@@ -18,6 +18,7 @@
 //     max_tokens_per_job: 20000000   # tokens through all of a job's forwards (models x conditions x controls)
 //     max_planned_passes: 100000     # forwards a job may plan
 //     forward_memory_bytes: ...      # activation memory one forward may use; default half the host's memory; 0 = none
+//     residual_memory_bytes: 2147483648  # residual streams the layer-major baseline holds (waves, prefix reuse)
 //     max_request_bytes: 4194304     # largest SubmitJob request (gRPC message)
 //   state:                           # job records, events and the result cache (durable with --state_dir)
 //     interrupted: requeue           # a job running when the server stopped (crash, kill, restart): requeue runs

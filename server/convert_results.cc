@@ -28,6 +28,9 @@ void StatsTo(std::initializer_list<std::pair<const job::Stat*, v1::Stat*>> stats
 void ToProto(const job::LayerResult& r, v1::LayerResult* p) {
   p->set_model(r.model);
   p->set_layer(r.layer);
+  p->set_prompts_done(r.prompts_done);
+  p->set_prompts_total(r.prompts_total);
+  p->set_partial(r.partial);
   if (r.sink_rate) {
     auto* s = p->mutable_sink_rate();
     ToProto(r.sink_rate->sink_rate, s->mutable_sink_rate());
@@ -135,6 +138,7 @@ void ToProto(const job::Summary& s, v1::Summary* p) {
     pm->set_num_tokens(m.num_tokens);
     pm->set_num_forward_passes(m.num_forward_passes);
     pm->set_truncated_prompts(m.truncated_prompts);
+    pm->set_layers_computed(m.layers_computed);
   }
   for (const auto& r : s.comparison) {
     auto* pr = p->add_comparison();
@@ -221,6 +225,7 @@ void ToProto(const job::RunLimits& limits, int32_t max_queued_jobs, int32_t max_
   p->set_max_tokens_per_job(limits.max_tokens_per_job);
   p->set_max_planned_passes(limits.max_planned_passes);
   p->set_forward_memory_bytes(limits.forward_memory_bytes);
+  p->set_residual_memory_bytes(limits.residual_memory_bytes);
 }
 
 }  // namespace sinkscope::server

@@ -79,11 +79,12 @@ class Impl final : public ResidualStats {
     out->bos_ratio = it->second.ratio;
   }
 
-  int32_t SpikeLayer(job::SpikeRule rule) const override {
+  int32_t SpikeLayer(job::SpikeRule rule, int32_t last_layer = -1) const override {
     if (layers_.empty() || layers_[0].bos.n() == 0) return -1;
     int32_t best = 0;
     double best_v = -std::numeric_limits<double>::infinity();
-    for (int32_t l = 0; l < static_cast<int32_t>(layers_.size()); ++l) {
+    const int32_t n = static_cast<int32_t>(layers_.size());
+    for (int32_t l = 0; l < (last_layer < 0 ? n : std::min(n, last_layer + 1)); ++l) {
       double v;
       if (rule == job::SpikeRule::kArgmaxRatio) {
         v = layers_[l].ratio.mean();

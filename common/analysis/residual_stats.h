@@ -30,8 +30,9 @@ at::Tensor RowNorms(const at::Tensor& x);
 
 class ResidualStats : public LayerAnalysis {
  public:
-  // Spike layer by `rule` from the accumulated means (-1 before any prompt).
-  virtual int32_t SpikeLayer(job::SpikeRule rule) const = 0;
+  // Spike layer by `rule` from the accumulated means (-1 before any prompt), among layers [0, last_layer] (all
+  // when last_layer < 0): the layer-major runner asks after each layer which one is the spike so far.
+  virtual int32_t SpikeLayer(job::SpikeRule rule, int32_t last_layer = -1) const = 0;
 };
 
 // `emit`: false for the runner's hidden instance (spike detection without a residual_stats analysis): Fill() then

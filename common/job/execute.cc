@@ -13,6 +13,8 @@
 #include "common/job/conditions.h"
 #include "common/job/observers.h"
 #include "common/job/plan.h"
+#include "common/job/prefix_reuse.h"
+#include "common/job/waves.h"
 #include "common/model/llama.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/util/status_macros.h"
@@ -44,8 +46,13 @@ class Executor {
     const std::vector<Pass>& passes = plan_.passes;
     // Models with no pass (no prompt) still get a summary entry.
     for (size_t m = 0, i = 0; m < plan_.models.size(); ++m) {
-      BeginModel(m);
-      for (; i < passes.size() && passes[i].model == static_cast<int32_t>(m); ++i) {
+      size_t baseline_end = i;  // the model's baseline passes are [i, baseline_end), run layer-major in waves
+      while (baseline_end < passes.size() && passes[baseline_end].model == static_cast<int32_t>(m) &&
+             passes[baseline_end].kind == Pass::Kind::kBaseline)
+        ++baseline_end;
+      BeginModel(m, baseline_end > i && passes[i].wave == passes[baseline_end - 1].wave);
+      if (baseline_end > i) RETURN_IF_ERROR(RunBaseline(i, baseline_end));
+      for (i = baseline_end; i < passes.size() && passes[i].model == static_cast<int32_t>(m); ++i) {
         const Pass& p = passes[i];
         const Pass* next = i + 1 < passes.size() ? &passes[i + 1] : nullptr;
         const bool group_ends = next == nullptr || next->model != p.model || next->kind != p.kind ||
@@ -72,7 +79,7 @@ class Executor {
  private:
   // ---- per model
 
-  void BeginModel(size_t m) {
+  void BeginModel(size_t m, bool one_wave) {
     const ModelPlan& mp = plan_.models[m];
     const model::LlamaModel& model = *mp.handle.model;
     m_ = m;
@@ -91,11 +98,15 @@ class Executor {
     base_ = analysis::NllAccumulator{};
     base_ppl_ = 0;
     passes_ = 0;
+    layers_ = 0;
+    keeper_ = std::make_unique<ResidualKeeper>(plan_, model.config(), dims_, one_wave);
   }
 
   absl::Status EndModel(Summary* summary) {
     if (PerPrompt()) EmitPrompts();
     ms_.num_forward_passes = passes_;
+    ms_.layers_computed = layers_;
+    keeper_.reset();
     summary->models.push_back(std::move(ms_));
     summary->perplexity.insert(summary->perplexity.end(), ppl_.begin(), ppl_.end());
     ppl_.clear();
@@ -136,10 +147,14 @@ class Executor {
     prompt_ppl_[p].push_back(std::move(pp));
   }
 
-  void EmitLayer(int32_t l) {
+  // Layer l's result over the first `done` prompts (partial until the last wave has passed the layer).
+  void EmitLayer(int32_t l, int32_t done) {
     LayerResult lr;
     lr.model = plan_.models[m_].handle.name;
     lr.layer = l;
+    lr.prompts_done = done;
+    lr.prompts_total = static_cast<int32_t>(plan_.models[m_].prompts.size());
+    lr.partial = done < lr.prompts_total;
     for (const auto& a : obs_->emitted) a->Fill(l, &lr);
     const bool any =
         lr.sink_rate || lr.massive_values || lr.residual_stats || lr.matrix_entropy || !lr.activation_stats.empty();
@@ -151,53 +166,26 @@ class Executor {
   absl::Status RunPass(const Pass& p, bool group_ends, const Pass* next) {
     const ModelPlan& mp = plan_.models[p.model];
     switch (p.kind) {
-      case Pass::Kind::kBaseline: {
-        // One hook set per prompt: the analyses' observers are per prompt (PromptCtx).
-        std::vector<model::HookSet> hooks(p.num_prompts);
-        std::vector<analysis::PromptCtx> ctx;
-        for (int32_t i = 0; i < p.num_prompts; ++i) {
-          const int32_t k = p.first_prompt + i;
-          ctx.push_back({k, static_cast<int64_t>(mp.prompts[k].size())});
-          obs_->Register(ctx.back(), &hooks[i]);
-        }
-        // Deferred work (batched over the pack's prompts) is flushed after every layer. Layer results are final
-        // once the last pass has passed the layer: stream them from there (the last layer waits for the final norm
-        // when an analysis reads it after ln_final).
-        auto on_layer = [this, group_ends](int l) {
-          obs_->Flush();
-          if (group_ends && !(obs_->last_after_norm && l == dims_.n_layers - 1)) EmitLayer(l);
-        };
-        const bool want_nll = plan_.perplexity() != nullptr;
-        ASSIGN_OR_RETURN(std::vector<at::Tensor> nll,
-                         Forward("baseline", p, mp.prompts, Pointers(hooks), want_nll, on_layer));
-        obs_->Flush();
-        for (const auto& a : obs_->emitted)
-          RETURN_IF_ERROR(WithContext(a->status(), absl::StrCat("model ", mp.handle.name)));
-        for (const analysis::PromptCtx& c : ctx)
-          for (const auto& a : obs_->emitted) a->EndPrompt(c);
-        if (want_nll)
-          for (size_t i = 0; i < nll.size(); ++i) {
-            base_.Add(nll[i]);
-            RecordPromptNll(p.first_prompt + static_cast<int32_t>(i), "baseline", nll[i]);
-          }
-        if (group_ends) EndBaseline();
-        return absl::OkStatus();
-      }
+      case Pass::Kind::kBaseline:
+        return absl::InternalError("baseline passes run in waves (RunBaseline)");
       case Pass::Kind::kIdentify: {
         if (p.first_prompt == 0) own_ident_ = std::make_unique<analysis::QkIdentifier>(dims_);
         model::HookSet hooks;  // one set serves every prompt of the pack: the identifier sums over prompts
         own_ident_->Register(&hooks);
         return Forward("identify", p, mp.identify_prompts[p.intervention],
-                       std::vector<const model::HookSet*>(p.num_prompts, &hooks), false, nullptr)
+                       std::vector<const model::HookSet*>(p.num_prompts, &hooks), false, 0, at::Tensor())
             .status();
       }
       case Pass::Kind::kCondition: {
         if (p.first_prompt == 0) RETURN_IF_ERROR(BeginCondition(p));
         model::HookSet hooks;  // an intervention does the same to every prompt
         cond_.install(&hooks);
+        // Prefix reuse: layers below the first one the intervention touches are the clean pass's.
+        at::Tensor start_x;
+        const int32_t start = keeper_->Find(hooks.FirstLayer(dims_.n_layers), p, &start_x);
         ASSIGN_OR_RETURN(std::vector<at::Tensor> nll,
                          Forward(cond_.name, p, mp.prompts, std::vector<const model::HookSet*>(p.num_prompts, &hooks),
-                                 true, nullptr));
+                                 true, start, start_x));
         for (size_t i = 0; i < nll.size(); ++i) {
           cond_acc_.Add(nll[i]);
           RecordPromptNll(p.first_prompt + static_cast<int32_t>(i), cond_.name, nll[i]);
@@ -209,16 +197,94 @@ class Executor {
     return absl::InternalError("unknown pass kind");
   }
 
-  static std::vector<const model::HookSet*> Pointers(const std::vector<model::HookSet>& hooks) {
-    std::vector<const model::HookSet*> out;
-    for (const model::HookSet& h : hooks) out.push_back(&h);
-    return out;
+  // The model's baseline passes [i, end), wave by wave.
+  absl::Status RunBaseline(size_t i, size_t end) {
+    const std::vector<Pass>& passes = plan_.passes;
+    for (size_t w = i; w < end;) {
+      size_t w_end = w;
+      while (w_end < end && passes[w_end].wave == passes[w].wave) ++w_end;
+      RETURN_IF_ERROR(RunBaselineWave(w, w_end));
+      w = w_end;
+    }
+    EndBaseline();
+    return absl::OkStatus();
+  }
+
+  // One wave, layer-major (waves.h): one hook set per prompt (the analyses' observers are per prompt), deferred work
+  // flushed after every forward's layer as in a prompt-major run, and layer l streamed once the wave has left it
+  // (the last layer after the final norms when an analysis reads it there).
+  absl::Status RunBaselineWave(size_t w, size_t w_end) {
+    const ModelPlan& mp = plan_.models[m_];
+    const std::vector<Pass>& passes = plan_.passes;
+    const int32_t P = static_cast<int32_t>(mp.prompts.size()), L = static_cast<int32_t>(dims_.n_layers);
+    const size_t n = w_end - w;
+    std::vector<std::vector<model::HookSet>> hooks(n);
+    std::vector<analysis::PromptCtx> ctx;
+    std::vector<WaveForward> fw(n);
+    std::vector<const Pass*> packs;
+    for (size_t k = 0; k < n; ++k) {
+      const Pass& p = passes[w + k];
+      packs.push_back(&p);
+      hooks[k].resize(p.num_prompts);
+      for (int32_t i = 0; i < p.num_prompts; ++i) {
+        const std::vector<int32_t>& prompt = mp.prompts[p.first_prompt + i];
+        ctx.push_back({p.first_prompt + i, static_cast<int64_t>(prompt.size())});
+        obs_->Register(ctx.back(), &hooks[k][i]);
+        fw[k].ids.insert(fw[k].ids.end(), prompt.begin(), prompt.end());
+        fw[k].lengths.push_back(static_cast<int64_t>(prompt.size()));
+        fw[k].hooks.push_back(&hooks[k][i]);
+      }
+      fw[k].what = absl::StrCat("model ", mp.handle.name, ", baseline, ",
+                                p.num_prompts == 1 ? absl::StrCat("prompt ", p.first_prompt)
+                                                   : absl::StrCat("prompts ", p.first_prompt, "-",
+                                                                  p.first_prompt + p.num_prompts - 1));
+    }
+    const int32_t done = passes[w_end - 1].first_prompt + passes[w_end - 1].num_prompts;
+    WaveCallbacks cb;
+    cb.before_forward = [&](size_t k) -> absl::Status {
+      RETURN_IF_ERROR(Cancelled());
+      ReportProgress("baseline", passes[w + k].first_prompt, P, -1, L, /*force=*/passes[w + k].first_prompt == 0);
+      return absl::OkStatus();
+    };
+    cb.before_layer = [&](int l, const std::vector<const at::Tensor*>& entering) {
+      keeper_->BeforeLayer(l, packs, entering);
+    };
+    // A wave works on all its prompts at once: its layers report the last of them.
+    cb.after_forward_layer = [&](size_t, int l) -> absl::Status {
+      obs_->Flush();
+      done_ += 1.0 / std::max(L, 1);
+      ReportProgress("baseline", done - 1, P, l, L, /*force=*/false);
+      return Cancelled();
+    };
+    cb.layer_done = [&](int l) {
+      if (!(obs_->last_after_norm && l == L - 1)) EmitLayer(l, done);
+      keeper_->AfterLayer(l, obs_->resid);
+    };
+    cb.after_finish = [&](size_t) { obs_->Flush(); };
+    const bool want_nll = plan_.perplexity() != nullptr;
+    ASSIGN_OR_RETURN(std::vector<model::ForwardResult> results, RunWave(*mp.handle.model, fw, want_nll, cb));
+    for (const auto& a : obs_->emitted)
+      RETURN_IF_ERROR(WithContext(a->status(), absl::StrCat("model ", mp.handle.name)));
+    for (const analysis::PromptCtx& c : ctx)
+      for (const auto& a : obs_->emitted) a->EndPrompt(c);
+    if (want_nll)
+      for (size_t k = 0; k < n; ++k) {
+        const std::vector<at::Tensor> nll = SplitNll(results[k].target_nll, fw[k].lengths);
+        for (size_t i = 0; i < nll.size(); ++i) {
+          base_.Add(nll[i]);
+          RecordPromptNll(packs[k]->first_prompt + static_cast<int32_t>(i), "baseline", nll[i]);
+        }
+      }
+    if (obs_->last_after_norm) EmitLayer(L - 1, done);
+    passes_ += static_cast<int32_t>(n);
+    layers_ += static_cast<int64_t>(n) * L;
+    return absl::OkStatus();
   }
 
   // After the last baseline pass: deferred layers, per-model metrics, the baseline perplexity.
   void EndBaseline() {
-    if (obs_->last_after_norm) EmitLayer(static_cast<int32_t>(dims_.n_layers - 1));
-    if (obs_->model_level) EmitLayer(-1);
+    if (obs_->model_level) EmitLayer(-1, static_cast<int32_t>(plan_.models[m_].prompts.size()));
+    keeper_->EndBaseline(obs_->resid);
     for (const auto& a : obs_->emitted) a->Summarize(&ms_.metrics);
     if (obs_->hidden_resid) obs_->hidden_resid->Summarize(&ms_.metrics);
     const PerplexitySpec* ppl = plan_.perplexity();
@@ -305,7 +371,7 @@ class Executor {
   absl::StatusOr<std::vector<at::Tensor>> Forward(const std::string& condition, const Pass& pass,
                                                   const std::vector<std::vector<int32_t>>& prompts,
                                                   const std::vector<const model::HookSet*>& hooks, bool want_nll,
-                                                  const std::function<void(int)>& on_layer) {
+                                                  int32_t start_layer, const at::Tensor& start_residual) {
     RETURN_IF_ERROR(Cancelled());
     const ModelHandle& mh = plan_.models[m_].handle;
     const int64_t L = mh.model->config().num_hidden_layers;
@@ -328,11 +394,12 @@ class Executor {
     o.return_logits = false;
     o.return_target_nll = want_nll;
     o.check_finite = true;  // a NaN/Inf job fails with the layer named, rather than reporting plausible zeros
+    o.start_layer = start_layer;
+    o.start_residual = start_residual;
     // A packed forward works on all its prompts at once: its layers report the last of them (prompt k of N = the
     // job is through prompt k once this forward ends).
     const int32_t last = p + pass.num_prompts - 1;
     o.after_layer = [&](int l) -> absl::Status {
-      if (on_layer) on_layer(l);
       ReportProgress(condition, last, P, l, L, /*force=*/false);
       return Cancelled();
     };
@@ -344,12 +411,17 @@ class Executor {
     }
     ++done_;
     ++passes_;
-    std::vector<at::Tensor> nll;
-    if (!want_nll) return nll;
-    if (lens.size() == 1) return std::vector<at::Tensor>{std::move(r->target_nll)};
-    std::vector<int64_t> targets;  // each prompt's T - 1 targets, in order
+    layers_ += L - start_layer;
+    if (!want_nll) return std::vector<at::Tensor>();
+    return SplitNll(r->target_nll, lens);
+  }
+
+  // Each prompt's target NLLs (T - 1 of them) from a (packed) forward's concatenated ones.
+  static std::vector<at::Tensor> SplitNll(const at::Tensor& nll, const std::vector<int64_t>& lens) {
+    if (lens.size() == 1) return {nll};
+    std::vector<int64_t> targets;
     for (int64_t n : lens) targets.push_back(n - 1);
-    return r->target_nll.split_with_sizes(targets);
+    return nll.split_with_sizes(targets);
   }
 
   absl::Status Cancelled() const { return cancel_ ? cancel_() : absl::OkStatus(); }
@@ -363,9 +435,9 @@ class Executor {
     last_progress_ = now;
     const double planned = static_cast<double>(plan_.passes.size());
     const double within =
-        layer < 0 ? 0.0 : static_cast<double>(layer + 1) / static_cast<double>(std::max<int64_t>(L, 1));
+        layer < 0 || L <= 0 ? 0.0 : static_cast<double>(layer + 1) / static_cast<double>(std::max<int64_t>(L, 1));
     Progress pr;
-    pr.fraction = planned > 0 ? std::min(1.0, (static_cast<double>(done_) + within) / planned) : 0.0;
+    pr.fraction = planned > 0 ? std::min(1.0, (done_ + within) / planned) : 0.0;
     pr.model = plan_.models[m_].handle.name;
     pr.condition = condition;
     pr.prompt = p;
@@ -393,7 +465,9 @@ class Executor {
   analysis::NllAccumulator cond_acc_;
   PerplexityResult result_;
   analysis::StatAcc controls_, controls_pct_;
-  int64_t done_ = 0;
+  double done_ = 0;  // forwards done (a layer-major wave adds 1/L per forward and layer)
+  int64_t layers_ = 0;
+  std::unique_ptr<ResidualKeeper> keeper_;
   Clock::time_point last_progress_{};
 };
 

@@ -170,6 +170,10 @@ struct LayerResult {
   std::optional<ResidualStatsLayer> residual_stats;
   std::optional<MatrixEntropyLayer> matrix_entropy;
   std::vector<ActivationStatsEntry> activation_stats;
+  // Prompts the numbers cover. A job whose baseline runs in several waves (RunLimits.residual_memory_bytes) streams
+  // each layer after every wave: partial until the last wave, whose event carries the final numbers.
+  int32_t prompts_done = 0, prompts_total = 0;
+  bool partial = false;
 };
 struct PerplexityResult {
   std::string model, condition;
@@ -195,6 +199,9 @@ struct ModelSummary {
   // Forward passes run for this model (baseline + identify + intervention passes); engine-side addition, not in
   // the v1 proto (tests and benches use it to check the planner: one baseline forward per prompt).
   int32_t num_forward_passes = 0;
+  // Decoder layers computed over all forwards of this model, each forward counting the layers it ran: L per
+  // forward, fewer when an intervention started from the clean residual kept from the baseline (prefix reuse).
+  int64_t layers_computed = 0;
   int32_t truncated_prompts = 0;  // prompts cut to max_tokens or (truncate_to_context) to the model's context
 };
 struct Summary {

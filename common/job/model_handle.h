@@ -35,6 +35,11 @@ struct RunLimits {
   // Activation memory one forward may use (ForwardBytes in packing.h); packs are cut to fit and a prompt that can
   // never fit is refused. 0 = no budget.
   int64_t forward_memory_bytes = 0;
+  // Residual-stream memory the layer-major baseline may hold (packing.h ResidualBytes): a wave is as many packed
+  // forwards as fit, run through layer l before layer l+1 (layer results stream as each layer is final); what is
+  // left keeps the clean residual entering the layers where interventions start (prefix reuse). 0 = no budget
+  // (one wave, every residual an intervention can reuse kept). 2 GiB suits a CPU host; size it from the device.
+  int64_t residual_memory_bytes = int64_t{2} << 30;
 };
 
 }  // namespace sinkscope::job

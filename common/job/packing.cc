@@ -25,6 +25,10 @@ int64_t ForwardBytes(const model::LlamaConfig& c, const std::vector<int64_t>& le
   return tokens * per_token + attention;
 }
 
+int64_t ResidualBytes(const model::LlamaConfig& c, int64_t tokens, int64_t elem) {
+  return tokens * (c.hidden_size + 2 * c.head_dim) * elem;
+}
+
 absl::Status PackPrompts(const model::LlamaConfig& c, const std::vector<int64_t>& lengths, int64_t elem,
                          const PackBudget& budget, std::vector<std::pair<int32_t, int32_t>>* packs) {
   constexpr int64_t kChunk = 512;  // model::ForwardOptions::attn_query_chunk's default, which jobs use

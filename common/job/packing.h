@@ -17,6 +17,10 @@ namespace sinkscope::job {
 // chunk of `chunk` rows). An estimate for admission and packing, not an allocator.
 int64_t ForwardBytes(const model::LlamaConfig& c, const std::vector<int64_t>& lengths, int64_t elem, int64_t chunk);
 
+// Bytes a forward over `tokens` tokens carries between layers when it runs layer by layer: the residual stream
+// [tokens, d] and the rotary cos/sin tables [tokens, head_dim] each, in the compute dtype.
+int64_t ResidualBytes(const model::LlamaConfig& c, int64_t tokens, int64_t elem);
+
 struct PackBudget {
   int64_t tokens = 0;  // <= 1: one prompt per forward
   int64_t bytes = 0;   // 0: no memory budget

@@ -136,6 +136,24 @@ absl::Status AddPasses(Pass::Kind kind, int32_t model, int32_t intervention, int
   return absl::OkStatus();
 }
 
+// Groups the model's baseline passes passes[first..] into waves: consecutive passes whose carried residuals
+// (ResidualBytes) fit `budget` together; a pass that alone exceeds it runs as a wave of its own (its forward
+// memory is the pack budget's business). budget <= 0: one wave.
+void AssignWaves(const ModelHandle& h, const std::vector<std::vector<int32_t>>& prompts, int64_t budget,
+                 size_t first, std::vector<Pass>* passes) {
+  int32_t wave = 0;
+  int64_t held = 0;
+  for (size_t i = first; i < passes->size(); ++i) {
+    Pass& p = (*passes)[i];
+    int64_t tokens = 0;
+    for (int32_t k = 0; k < p.num_prompts; ++k) tokens += static_cast<int64_t>(prompts[p.first_prompt + k].size());
+    const int64_t bytes = ResidualBytes(h.model->config(), tokens, ElementBytes(h));
+    if (budget > 0 && held > 0 && held + bytes > budget) ++wave, held = 0;
+    held += bytes;
+    p.wave = wave;
+  }
+}
+
 }  // namespace
 
 const PerplexitySpec* Plan::perplexity() const {
@@ -208,7 +226,9 @@ absl::StatusOr<Plan> BuildPlan(JobSpec spec, std::vector<ModelHandle> models, co
     auto add = [&](Pass::Kind kind, int32_t j, int32_t c, const std::vector<std::vector<int32_t>>& prompts) {
       return AddPasses(kind, mi, j, c, prompts, mp.handle, budget, &plan.passes);
     };
+    const size_t first_baseline = plan.passes.size();
     RETURN_IF_ERROR(add(Pass::Kind::kBaseline, -1, -1, mp.prompts));
+    AssignWaves(mp.handle, mp.prompts, limits.residual_memory_bytes, first_baseline, &plan.passes);
     for (size_t j = 0; j < num_iv; ++j) {
       const int32_t ji = static_cast<int32_t>(j);
       RETURN_IF_ERROR(add(Pass::Kind::kIdentify, ji, -1, mp.identify_prompts[j]));
@@ -219,6 +239,7 @@ absl::StatusOr<Plan> BuildPlan(JobSpec spec, std::vector<ModelHandle> models, co
     }
   }
 
+  plan.residual_budget = limits.residual_memory_bytes;
   plan.inputs_digest = InputsDigest(plan.models);
   plan.estimate.forwards = static_cast<int64_t>(plan.passes.size());
   for (const Pass& p : plan.passes) {

@@ -8,8 +8,10 @@
 // later: the pass count streamed in Started is plan.passes.size(), and the inputs digest is fixed here.
 //
 // Pass order per model (JobSpec.models order):
-//   1. kBaseline, one per prompt: ONE forward serves every observational analysis, the baseline NLL, the
+//   1. kBaseline, one per pack of prompts: ONE forward serves every observational analysis, the baseline NLL, the
 //      residual statistics used for spike detection and the Q/K massive-dim identification on the job's inputs.
+//      Baseline passes run layer-major in waves (Pass.wave): every pass of a wave goes through layer l before any
+//      goes through layer l+1, so layer l's result is streamed as soon as the wave leaves it.
 //   2. for each perplexity intervention, in spec order:
 //        kIdentify passes (QkMassiveDisruption with its own identify_on prompts), then
 //        kCondition passes, one per prompt: the intervention itself, then each random control seed.
@@ -36,6 +38,7 @@ struct Pass {
   int32_t control = -1;       // kCondition: -1 = the intervention itself, k = its control_seeds[k]
   int32_t first_prompt = 0;   // into the pass's prompt list (ModelPlan.prompts, or .identify_prompts[intervention])
   int32_t num_prompts = 1;
+  int32_t wave = 0;  // kBaseline: the wave it runs in (consecutive passes, run layer-major; see Plan.waves)
 };
 
 struct ModelPlan {
@@ -60,6 +63,9 @@ struct Plan {
   std::vector<Pass> passes;         // execution order (see the file comment)
   std::string inputs_digest;        // SHA-256 over model names and every prompt's ids
   Estimate estimate;
+  // RunLimits.residual_memory_bytes (0 = none): baseline passes are grouped into waves whose carried residuals
+  // fit it; what a model's largest wave leaves is where clean residuals are kept for prefix reuse.
+  int64_t residual_budget = 0;
 
   const PerplexitySpec* perplexity() const;  // null when the job has no perplexity analysis
 };

@@ -105,6 +105,18 @@ at::Tensor HookSet::Run(const std::string& name, int layer, const at::Tensor& x,
   return y;
 }
 
+int64_t HookSet::FirstLayer(int64_t n_layers) const {
+  int64_t first = n_layers;
+  auto visit = [&](const std::string& name) {
+    absl::StatusOr<HookRef> ref = ParseHookName(name, n_layers);
+    if (!ref.ok() || name == kEmbedHook) first = 0;
+    else if (ref->layer >= 0) first = std::min(first, ref->layer);
+  };
+  for (const auto& entry : observers_) visit(entry.first);
+  for (const auto& entry : interventions_) visit(entry.first);
+  return first;
+}
+
 absl::Status HookSet::Validate(int64_t n_layers) const {
   for (const auto& [name, fns] : observers_) {
     absl::Status st = ValidateHookName(name, n_layers);

@@ -122,6 +122,10 @@ class HookSet {
   // Applies interventions (if any) then observers (which see the post-intervention value). Returns the value
   // the forward continues with.
   at::Tensor Run(const std::string& name, int layer, const at::Tensor& x, int64_t q_offset = 0) const;
+  // The first decoder layer any hook of the set acts at or reads: 0 when hook_embed is used (or a name does not
+  // parse), n_layers when only ln_final.hook_normalized is, n_layers for an empty set. A forward whose hooks all
+  // sit at layer >= FirstLayer() computes layers below it exactly as a hook-free forward does.
+  int64_t FirstLayer(int64_t n_layers) const;
   // OK if every name is valid for n_layers layers and no intervention targets an observe-only point.
   absl::Status Validate(int64_t n_layers) const;
 

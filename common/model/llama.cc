@@ -322,143 +322,139 @@ absl::StatusOr<Segments> MakeSegments(const LlamaConfig& cfg, int64_t T, const F
   return seg;
 }
 
-absl::StatusOr<ForwardResult> ForwardImpl(const LlamaConfig& cfg, const LlamaWeights& w, const at::Tensor& ids_in,
-                                          const ForwardOptions& opts) {
-  // ---- validate inputs before any compute
-  if (!ids_in.defined()) return absl::InvalidArgumentError("ids: undefined tensor");
-  if (ids_in.dim() != 1)
-    return absl::InvalidArgumentError(absl::StrCat("ids must be 1-D [T], got shape ", ShapeStr(ids_in.sizes())));
-  if (!at::isIntegralType(ids_in.scalar_type(), /*includeBool=*/false))
-    return absl::InvalidArgumentError(absl::StrCat("ids must be an integer tensor, got ", DtypeName(ids_in.scalar_type())));
-  const int64_t T = ids_in.size(0);
-  if (T < 1) return absl::InvalidArgumentError("ids is empty (T=0); need at least one token");
-  ASSIGN_OR_RETURN(const Segments seg, MakeSegments(cfg, T, opts));
-  RETURN_IF_ERROR(ValidateWeights(cfg, w));
-  for (const HookSet* h : seg.hooks)
-    if (h != nullptr) RETURN_IF_ERROR(h->Validate(cfg.num_hidden_layers));
-  const at::Device dev = w.embed_tokens.device();
-  at::Tensor ids = ids_in.to(dev, at::kLong);
-  {
-    const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
-    if (lo < 0 || hi >= cfg.vocab_size)
-      return absl::InvalidArgumentError(absl::StrCat("ids contain token id ", lo < 0 ? lo : hi,
-                                                     " outside [0, vocab_size=", cfg.vocab_size, ")"));
+// Rethrows nothing: LibTorch failures become Internal statuses naming the stage.
+template <class F>
+auto Guarded(const char* what, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat(what, " failed (LibTorch): ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {  // Debian's LibTorch reports TORCH_CHECK failures as std::runtime_error
+    return absl::InternalError(absl::StrCat(what, " failed: ", e.what()));
   }
-  const Hooks hooks(seg, cfg.num_hidden_layers);
-  const at::ScalarType dtype = w.embed_tokens.scalar_type();
+}
 
-  // ---- embeddings and decoder layers
-  ASSIGN_OR_RETURN(at::Tensor x, hooks.AtModel(kEmbedHook, at::embedding(w.embed_tokens, ids)));  // [T, d]
-  std::pair<at::Tensor, at::Tensor> rope;
-  if (cfg.uses_rope()) rope = Rope(cfg, seg, dtype, dev);
-  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
-    ASSIGN_OR_RETURN(x, DecoderLayer(cfg, w.layers[l], l, x, cfg.uses_rope() ? &rope : nullptr, seg, opts, hooks));
-    if (opts.check_finite && !at::isfinite(x).all().item<bool>())
-      return absl::FailedPreconditionError(absl::StrCat("non-finite activations (NaN or Inf) in the residual stream after "
-                                                        "layer ", l, ": the weights or an intervention overflow"));
-    if (opts.after_layer) RETURN_IF_ERROR(opts.after_layer(static_cast<int>(l)));
-  }
-  ASSIGN_OR_RETURN(x, hooks.AtModel(kFinalNormHook, RmsNorm(x, w.norm, cfg.rms_norm_eps)));
+}  // namespace
 
-  // ---- head: logits = (y W_lm^T).float(); nll_t = -log_softmax(logits_t)[ids_{t+1}] within each prompt
-  ForwardResult r;
-  if (opts.return_logits) r.logits = at::linear(x, w.lm_head).to(Acc(dtype));
-  if (opts.return_target_nll) r.target_nll = TargetNll(cfg, x, w.lm_head, ids, seg, r.logits);
-  if (opts.return_hidden) r.hidden = x;
+// Everything one forward carries between its stages. Heap-allocated and never moved: `hooks` refers to `seg`.
+struct ForwardRun::State {
+  State(const LlamaConfig& c, const LlamaWeights& weights, ForwardOptions o, Segments s)
+      : cfg(c), w(weights), opts(std::move(o)), seg(std::move(s)), hooks(seg, c.num_hidden_layers) {}
+  const LlamaConfig& cfg;
+  const LlamaWeights& w;
+  ForwardOptions opts;
+  const Segments seg;
+  const Hooks hooks;
+  at::Tensor ids;                         // [T] int64 on the device
+  at::Tensor x;                           // the residual stream entering layer `next`
+  std::pair<at::Tensor, at::Tensor> rope;  // undefined for NoPE
+  int64_t next = 0;
+};
+
+ForwardRun::ForwardRun() = default;
+ForwardRun::~ForwardRun() = default;
+ForwardRun::ForwardRun(ForwardRun&&) noexcept = default;
+ForwardRun& ForwardRun::operator=(ForwardRun&&) noexcept = default;
+
+absl::StatusOr<ForwardRun> ForwardRun::Begin(const LlamaConfig& cfg, const LlamaWeights& w, const at::Tensor& ids_in,
+                                             ForwardOptions opts) {
+  return Guarded("forward", [&]() -> absl::StatusOr<ForwardRun> {
+    // ---- validate inputs before any compute
+    if (!ids_in.defined()) return absl::InvalidArgumentError("ids: undefined tensor");
+    if (ids_in.dim() != 1)
+      return absl::InvalidArgumentError(absl::StrCat("ids must be 1-D [T], got shape ", ShapeStr(ids_in.sizes())));
+    if (!at::isIntegralType(ids_in.scalar_type(), /*includeBool=*/false))
+      return absl::InvalidArgumentError(
+          absl::StrCat("ids must be an integer tensor, got ", DtypeName(ids_in.scalar_type())));
+    const int64_t T = ids_in.size(0);
+    if (T < 1) return absl::InvalidArgumentError("ids is empty (T=0); need at least one token");
+    ASSIGN_OR_RETURN(Segments seg, MakeSegments(cfg, T, opts));
+    RETURN_IF_ERROR(ValidateWeights(cfg, w));
+    for (const HookSet* h : seg.hooks)
+      if (h != nullptr) RETURN_IF_ERROR(h->Validate(cfg.num_hidden_layers));
+    const at::Device dev = w.embed_tokens.device();
+    const at::ScalarType dtype = w.embed_tokens.scalar_type();
+    const int64_t start = opts.start_layer;
+    if (start < 0 || start > cfg.num_hidden_layers)
+      return absl::InvalidArgumentError(
+          absl::StrCat("start_layer=", start, " not in [0, ", cfg.num_hidden_layers, "]"));
+    if (start > 0) {
+      const at::Tensor& r = opts.start_residual;
+      if (!r.defined() || r.dim() != 2 || r.size(0) != T || r.size(1) != cfg.hidden_size || r.scalar_type() != dtype)
+        return absl::InvalidArgumentError(absl::StrCat("start_residual must be [", T, ", ", cfg.hidden_size, "] ",
+                                                       DtypeName(dtype), " (the residual entering layer ", start,
+                                                       "), got ", r.defined() ? ShapeStr(r.sizes()) : "undefined"));
+    }
+    ForwardRun run;
+    run.s_ = std::make_unique<State>(cfg, w, std::move(opts), std::move(seg));
+    State& s = *run.s_;
+    s.ids = ids_in.to(dev, at::kLong);
+    {
+      const int64_t lo = s.ids.min().item<int64_t>(), hi = s.ids.max().item<int64_t>();
+      if (lo < 0 || hi >= cfg.vocab_size)
+        return absl::InvalidArgumentError(absl::StrCat("ids contain token id ", lo < 0 ? lo : hi,
+                                                       " outside [0, vocab_size=", cfg.vocab_size, ")"));
+    }
+    // ---- embeddings (or the residual kept from an earlier forward of the same prompts)
+    if (start > 0) {
+      s.x = s.opts.start_residual.to(dev);
+      s.opts.start_residual = at::Tensor();  // the run owns its residual from here on
+    } else {
+      ASSIGN_OR_RETURN(s.x, s.hooks.AtModel(kEmbedHook, at::embedding(w.embed_tokens, s.ids)));  // [T, d]
+    }
+    if (cfg.uses_rope()) s.rope = Rope(cfg, s.seg, dtype, dev);
+    s.next = start;
+    return run;
+  });
+}
+
+int64_t ForwardRun::next_layer() const { return s_ ? s_->next : 0; }
+const at::Tensor& ForwardRun::residual() const { return s_->x; }
+
+absl::Status ForwardRun::RunLayers(int64_t end) {
+  if (!s_) return absl::FailedPreconditionError("RunLayers on a forward that was not begun");
+  State& s = *s_;
+  end = std::min<int64_t>(end, s.cfg.num_hidden_layers);
+  return Guarded("forward", [&]() -> absl::Status {
+    for (int64_t l = s.next; l < end; ++l) {
+      ASSIGN_OR_RETURN(s.x, DecoderLayer(s.cfg, s.w.layers[l], l, s.x, s.cfg.uses_rope() ? &s.rope : nullptr, s.seg,
+                                         s.opts, s.hooks));
+      s.next = l + 1;
+      if (s.opts.check_finite && !at::isfinite(s.x).all().item<bool>())
+        return absl::FailedPreconditionError(absl::StrCat("non-finite activations (NaN or Inf) in the residual "
+                                                          "stream after layer ", l,
+                                                          ": the weights or an intervention overflow"));
+      if (s.opts.after_layer) RETURN_IF_ERROR(s.opts.after_layer(static_cast<int>(l)));
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<ForwardResult> ForwardRun::Finish() {
+  if (!s_) return absl::FailedPreconditionError("Finish on a forward that was not begun");
+  State& s = *s_;
+  if (s.next != s.cfg.num_hidden_layers)
+    return absl::FailedPreconditionError(
+        absl::StrCat("Finish after layer ", s.next, " of ", s.cfg.num_hidden_layers, ": run every layer first"));
+  auto r = Guarded("forward", [&]() -> absl::StatusOr<ForwardResult> {
+    const at::ScalarType dtype = s.w.embed_tokens.scalar_type();
+    ASSIGN_OR_RETURN(at::Tensor x, s.hooks.AtModel(kFinalNormHook, RmsNorm(s.x, s.w.norm, s.cfg.rms_norm_eps)));
+    // ---- head: logits = (y W_lm^T).float(); nll_t = -log_softmax(logits_t)[ids_{t+1}] within each prompt
+    ForwardResult out;
+    if (s.opts.return_logits) out.logits = at::linear(x, s.w.lm_head).to(Acc(dtype));
+    if (s.opts.return_target_nll) out.target_nll = TargetNll(s.cfg, x, s.w.lm_head, s.ids, s.seg, out.logits);
+    if (s.opts.return_hidden) out.hidden = x;
+    return out;
+  });
+  s_.reset();  // the residual and the rotary tables are released as soon as the forward ends
   return r;
 }
 
-}  // namespace
-
 absl::StatusOr<ForwardResult> LlamaForward(const LlamaConfig& cfg, const LlamaWeights& w, const at::Tensor& ids,
                                            const ForwardOptions& opts) {
-  try {
-    return ForwardImpl(cfg, w, ids, opts);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("forward failed (LibTorch): ", e.what_without_backtrace()));
-  } catch (const std::exception& e) {  // Debian's LibTorch reports TORCH_CHECK failures as std::runtime_error
-    return absl::InternalError(absl::StrCat("forward failed: ", e.what()));
-  }
-}
-
-absl::StatusOr<ForwardResult> LlamaModel::Forward(const at::Tensor& ids, const ForwardOptions& opts) const {
-  return LlamaForward(config_, weights_, ids, opts);
-}
-
-absl::StatusOr<ForwardResult> LlamaModel::Forward(const std::vector<int32_t>& ids, const ForwardOptions& opts) const {
-  std::vector<int64_t> v(ids.begin(), ids.end());
-  return Forward(at::tensor(v, at::TensorOptions().dtype(at::kLong)), opts);
-}
-
-std::string LlamaModel::device() const { return weights_.embed_tokens.device().str(); }
-std::string LlamaModel::dtype() const { return DtypeName(weights_.embed_tokens.scalar_type()); }
-
-absl::StatusOr<std::shared_ptr<LlamaModel>> LlamaModel::FromWeights(const LlamaConfig& cfg, LlamaWeights weights,
-                                                                      const std::string& name) {
-  RETURN_IF_ERROR(ValidateWeights(cfg, weights));
-  std::shared_ptr<LlamaModel> m(new LlamaModel());
-  m->config_ = cfg;
-  m->weights_ = std::move(weights);
-  m->dir_ = name;
-  return m;
-}
-
-namespace {
-
-// Bytes of the weights a config implies in the load dtype (0 when the config cannot be read).
-int64_t NeededBytes(const std::string& model_dir, const LoadOptions& opts) {
-  absl::StatusOr<LlamaConfig> cfg = LoadLlamaConfig(model_dir);
-  absl::StatusOr<at::ScalarType> dtype = ParseDtype(opts.dtype);
-  if (!cfg.ok() || !dtype.ok()) return 0;
-  return cfg->num_parameters() * static_cast<int64_t>(c10::elementSize(*dtype));
-}
-
-}  // namespace
-
-absl::StatusOr<std::shared_ptr<LlamaModel>> LlamaModel::Load(const std::string& model_dir, const LoadOptions& opts) {
-  try {
-    ASSIGN_OR_RETURN(LlamaConfig cfg, LoadLlamaConfig(model_dir));
-    ASSIGN_OR_RETURN(at::ScalarType dtype, ParseDtype(opts.dtype));
-    at::Device dev(at::kCPU);
-    try {
-      dev = at::Device(opts.device);
-    } catch (const c10::Error&) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("device \"", opts.device, "\" is not valid (expected cpu, cuda or cuda:N)"));
-    }
-    if (dev.is_cuda() && !at::hasCUDA())
-      return absl::FailedPreconditionError(
-          absl::StrCat("device ", opts.device, " requested but this LibTorch has no CUDA support or no GPU"));
-    if (!dev.is_cpu() && !dev.is_cuda())
-      return absl::InvalidArgumentError(absl::StrCat("device \"", opts.device, "\" is not supported (cpu or cuda)"));
-    if (dtype == at::kHalf && dev.is_cpu())
-      return absl::InvalidArgumentError(
-          "dtype float16 is not supported on cpu (LibTorch 1.13 has no CPU Half matmul); use bfloat16 or float32");
-    WeightsLoad how;
-    how.dtype = dtype;
-    how.device = dev;
-    how.compute_digest = opts.compute_digest;
-    how.check_finite = opts.check_finite;
-    how.zero_copy = opts.zero_copy;
-    ASSIGN_OR_RETURN(LoadedWeights lw, LoadWeights(model_dir, cfg, how));
-    std::shared_ptr<LlamaModel> m(new LlamaModel());
-    m->config_ = cfg;
-    m->dir_ = model_dir;
-    m->weights_ = std::move(lw.weights);
-    m->digest_ = std::move(lw.digest);
-    m->notes_ = std::move(lw.notes);
-    return m;
-  } catch (const c10::OutOfMemoryError& e) {
-    // The weights do not fit on the device: say how much they need, so the operator can place the model elsewhere.
-    const double gib = static_cast<double>(NeededBytes(model_dir, opts)) / (1 << 30);
-    return absl::ResourceExhaustedError(absl::StrCat("loading ", model_dir, ": the weights (", absl::StrFormat("%.1f", gib),
-                                                     " GiB in ", opts.dtype, ") do not fit on ", opts.device, ": ",
-                                                     e.what_without_backtrace()));
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("loading ", model_dir, " failed in LibTorch: ", e.what_without_backtrace()));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("loading ", model_dir, " failed: ", e.what()));
-  }
+  ASSIGN_OR_RETURN(ForwardRun run, ForwardRun::Begin(cfg, w, ids, opts));
+  RETURN_IF_ERROR(run.RunLayers(cfg.num_hidden_layers));
+  return run.Finish();
 }
 
 }  // namespace sinkscope::model

@@ -54,6 +54,12 @@ struct ForwardOptions {
   // By default a prompt longer than config.max_position_embeddings is an InvalidArgument. DroPE/NoPE
   // context-extension studies may set this to run longer prompts (RoPE models then extrapolate positions).
   bool allow_beyond_max_positions = false;
+  // Start at decoder layer `start_layer` from `start_residual` ([T, d] in the compute dtype: the residual stream
+  // entering that layer, e.g. kept from an earlier forward of the same prompts) instead of embedding ids. Layers
+  // below it and hook_embed do not run; ids still give the targets. Hooks of the skipped layers never fire, so the
+  // result equals a full forward only when nothing acts below start_layer.
+  int64_t start_layer = 0;
+  at::Tensor start_residual;
 };
 
 struct ForwardResult {
@@ -67,6 +73,34 @@ struct ForwardResult {
 // after_layer status as is; Internal for LibTorch exceptions (message included). Never throws.
 absl::StatusOr<ForwardResult> LlamaForward(const LlamaConfig& cfg, const LlamaWeights& w, const at::Tensor& ids,
                                            const ForwardOptions& opts);
+
+// One forward in stages, for layer-major execution: Begin validates and embeds (or takes opts.start_residual),
+// RunLayers runs decoder layers on the carried residual stream, Finish applies the final norm and the head.
+// Begin + RunLayers(L) + Finish is LlamaForward (it is implemented so: one forward, not a copy); several runs over
+// different prompts can advance layer by layer in turn. The run refers to cfg, w and the hook sets in opts: they
+// must outlive it. Errors as LlamaForward's; a failed run must not be continued.
+class ForwardRun {
+ public:
+  static absl::StatusOr<ForwardRun> Begin(const LlamaConfig& cfg, const LlamaWeights& w, const at::Tensor& ids,
+                                          ForwardOptions opts);
+  ForwardRun();
+  ~ForwardRun();
+  ForwardRun(ForwardRun&&) noexcept;
+  ForwardRun& operator=(ForwardRun&&) noexcept;
+
+  int64_t next_layer() const;  // the layer RunLayers runs next (num_hidden_layers when done)
+  // Runs layers [next_layer(), end) (end is capped at num_hidden_layers), after_layer after each.
+  absl::Status RunLayers(int64_t end);
+  // The residual stream entering next_layer(), [T, d] compute dtype. Never modified in place by later layers: a
+  // caller may keep it (e.g. to start another forward there).
+  const at::Tensor& residual() const;
+  // Final norm and head, once every layer has run; releases the run's tensors.
+  absl::StatusOr<ForwardResult> Finish();
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
 
 class LlamaModel {
  public:
@@ -90,6 +124,8 @@ class LlamaModel {
   // ids: int64 [T] with T >= 1. Thread-safe: the model is read-only during forward.
   absl::StatusOr<ForwardResult> Forward(const at::Tensor& ids, const ForwardOptions& opts) const;
   absl::StatusOr<ForwardResult> Forward(const std::vector<int32_t>& ids, const ForwardOptions& opts) const;
+  // A staged forward (ForwardRun) over this model; the model must outlive the run.
+  absl::StatusOr<ForwardRun> Begin(const std::vector<int32_t>& ids, ForwardOptions opts) const;
 
  private:
   LlamaModel() = default;

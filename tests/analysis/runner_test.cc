@@ -129,9 +129,10 @@ TEST(Runner, EventsAreOrdered) {
   EXPECT_EQ(ppl_models, (std::vector<std::string>{"rope", "rope", "nope", "nope"}));
 }
 
-TEST(Runner, LayerResultsStreamDuringTheLastPromptsForward) {
-  // CancelCheck runs before every forward and after every layer. Layer l of the last prompt (P = 3, L = 3) must be
-  // emitted before layer l+1 finishes: after (P−1)·(L+1) + 1 + l checks.
+TEST(Runner, LayerResultsStreamAsTheWaveLeavesEachLayer) {
+  // CancelCheck runs before every forward and after every forward's layer. The baseline is one wave (layer-major):
+  // the P = 3 forwards begin (3 checks), then run layer 0 in turn, then layer 1, ...; layer l (L = 3) is emitted as
+  // soon as the last forward has run it, after P + P·(l+1) checks, before any forward runs layer l+1.
   auto m = RandomModel(true, 23);
   int checks = 0;
   std::vector<int> at_emit;
@@ -143,16 +144,16 @@ TEST(Runner, LayerResultsStreamDuringTheLastPromptsForward) {
   };
   auto r = job::RunJob(Spec({m.name}, Prompts(), {job::SinkRateSpec{}}), {m}, Unpacked(), &sink, cancel);
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(at_emit, (std::vector<int>{2 * 4 + 1, 2 * 4 + 2, 2 * 4 + 3}));
+  EXPECT_EQ(at_emit, (std::vector<int>{3 + 3, 3 + 6, 3 + 9}));
   EXPECT_EQ(checks, 3 * 4);
-  // With the final-norm switch the last layer is only known after the forward; earlier ones still stream.
+  // With the final-norm switch the last layer is only known after the final norms; earlier ones still stream.
   at_emit.clear();
   checks = 0;
   job::ResidualStatsSpec rs;
   rs.final_norm_last_layer = true;
   auto r2 = job::RunJob(Spec({m.name}, Prompts(), {rs}), {m}, Unpacked(), &sink, cancel);
   ASSERT_TRUE(r2.ok()) << r2.status();
-  EXPECT_EQ(at_emit, (std::vector<int>{2 * 4 + 1, 2 * 4 + 2, 3 * 4}));
+  EXPECT_EQ(at_emit, (std::vector<int>{3 + 3, 3 + 6, 3 * 4}));
 }
 
 TEST(Runner, CancellationBetweenLayersStopsTheJob) {
@@ -168,7 +169,7 @@ TEST(Runner, CancellationBetweenLayersStopsTheJob) {
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.status().code(), code);
     EXPECT_EQ(r.status().message(), "stop requested");
-    EXPECT_EQ(checks, 6);  // stopped at the first non-OK check (prompt 1, layer 1)
+    EXPECT_EQ(checks, 6);  // stopped at the first non-OK check (the third prompt's layer 0)
     EXPECT_TRUE(sink.All<job::Summary>().empty());
     EXPECT_TRUE(sink.All<job::LayerResult>().empty());
   }

@@ -16,7 +16,7 @@ models:
 datasets_dir: data
 limits: {max_tokens_per_prompt: 512, max_prompts_per_job: 10, max_queued_jobs: 3, pack_tokens: 0,
          max_tokens_per_job: 30000000000, max_planned_passes: 77, forward_memory_bytes: 8589934592,
-         max_request_bytes: 65536}
+         residual_memory_bytes: 0, max_request_bytes: 65536}
 )", "/srv/sinkscope/deploy");
   ASSERT_TRUE(c.ok()) << c.status();
   ASSERT_EQ(c->models.size(), 3u);
@@ -36,6 +36,7 @@ limits: {max_tokens_per_prompt: 512, max_prompts_per_job: 10, max_queued_jobs: 3
   EXPECT_EQ(c->limits.max_tokens_per_job, 30'000'000'000);
   EXPECT_EQ(c->limits.max_planned_passes, 77);
   EXPECT_EQ(c->limits.forward_memory_bytes, int64_t{8} << 30);
+  EXPECT_EQ(c->limits.residual_memory_bytes, 0);  // no budget: one wave
   EXPECT_EQ(c->max_request_bytes, 65536);
   EXPECT_FALSE(c->forward_memory_auto);  // given: the server keeps it
   auto d = ParseServerConfig("models: [{name: a, path: p}]", "/tmp");
@@ -60,6 +61,7 @@ TEST(ServerConfig, ErrorsNameTheKey) {
       {"models: [{name: a, path: p}]\nlimits: {max_request_bytes: 10}", "limits.max_request_bytes: 10 out of range"},
       {"models: [{name: a, path: p}]\nlimits: {max_tokens_per_job: 0}", "limits.max_tokens_per_job: 0 out of range"},
       {"models: [{name: a, path: p}]\nlimits: {forward_memory_bytes: -5}", "limits.forward_memory_bytes"},
+      {"models: [{name: a, path: p}]\nlimits: {residual_memory_bytes: -1}", "limits.residual_memory_bytes"},
       {"models: [{name: a, path: p}]\nlimits: {max_queued_jobs: many}", "limits.max_queued_jobs: expected an integer"},
       {"models: [{name: 'a b', path: p}]", "models[0].name"},
       {"models: [{name: a, path: p}]\nports: 3", "unknown key 'ports'"},

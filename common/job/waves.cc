@@ -1,0 +1,63 @@
+// Layer-major waves (see waves.h).
+#include "common/job/waves.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/util/status_macros.h"
+
+namespace sinkscope::job {
+namespace {
+
+absl::Status WithContext(const absl::Status& st, const std::string& ctx) {
+  if (st.ok() || st.code() == absl::StatusCode::kCancelled || st.code() == absl::StatusCode::kDeadlineExceeded)
+    return st;
+  return absl::Status(st.code(), absl::StrCat(ctx, ": ", st.message()));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<model::ForwardResult>> RunWave(const model::LlamaModel& model,
+                                                          const std::vector<WaveForward>& forwards, bool want_nll,
+                                                          const WaveCallbacks& cb) {
+  const int64_t L = model.config().num_hidden_layers;
+  std::vector<model::ForwardRun> runs;
+  runs.reserve(forwards.size());
+  for (size_t k = 0; k < forwards.size(); ++k) {
+    if (cb.before_forward) RETURN_IF_ERROR(cb.before_forward(k));
+    const WaveForward& f = forwards[k];
+    model::ForwardOptions o;
+    if (f.lengths.size() == 1) {
+      o.hooks = f.hooks.empty() ? nullptr : f.hooks[0];
+    } else {
+      o.segments = f.lengths;
+      o.segment_hooks = f.hooks;
+    }
+    o.return_logits = false;
+    o.return_target_nll = want_nll;
+    o.check_finite = true;  // a NaN/Inf job fails with the layer named, rather than reporting plausible zeros
+    absl::StatusOr<model::ForwardRun> run = model.Begin(f.ids, std::move(o));
+    if (!run.ok()) return WithContext(run.status(), f.what);
+    runs.push_back(std::move(*run));
+  }
+  std::vector<const at::Tensor*> entering(runs.size());
+  for (int64_t l = 0; l < L; ++l) {
+    if (cb.before_layer) {
+      for (size_t k = 0; k < runs.size(); ++k) entering[k] = &runs[k].residual();
+      cb.before_layer(static_cast<int>(l), entering);
+    }
+    for (size_t k = 0; k < runs.size(); ++k) {
+      RETURN_IF_ERROR(WithContext(runs[k].RunLayers(l + 1), forwards[k].what));
+      if (cb.after_forward_layer) RETURN_IF_ERROR(cb.after_forward_layer(k, static_cast<int>(l)));
+    }
+    if (cb.layer_done) cb.layer_done(static_cast<int>(l));
+  }
+  std::vector<model::ForwardResult> out;
+  for (size_t k = 0; k < runs.size(); ++k) {
+    absl::StatusOr<model::ForwardResult> r = runs[k].Finish();
+    if (!r.ok()) return WithContext(r.status(), forwards[k].what);
+    out.push_back(std::move(*r));
+    if (cb.after_finish) cb.after_finish(k);
+  }
+  return out;
+}
+
+}  // namespace sinkscope::job
