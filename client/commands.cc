@@ -38,6 +38,7 @@ RenderOptions Global::render() const {
   RenderOptions o;
   o.format = format == "json" ? Format::kJson : format == "csv" ? Format::kCsv : Format::kTable;
   o.wide = wide;
+  o.rewrite_partial = o.format == Format::kTable && isatty(STDOUT_FILENO);
   return o;
 }
 

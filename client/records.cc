@@ -248,7 +248,9 @@ std::vector<Record> Flattener::Flatten(const v1::JobEvent& ev) {
       b.Add("job", "", "planned_passes", ev.started().planned_passes());
       b.Add("job", "", "num_prompts", ev.started().num_prompts());
       break;
-    case v1::JobEvent::kLayer: LayerRecords(ev.layer(), &tensors_[ev.layer().model()], &b); break;
+    case v1::JobEvent::kLayer:  // a partial layer (an early wave) is superseded by the layer's final event
+      if (!ev.layer().partial()) LayerRecords(ev.layer(), &tensors_[ev.layer().model()], &b);
+      break;
     case v1::JobEvent::kPerplexity: PerplexityRecords(ev.perplexity(), &b); break;
     case v1::JobEvent::kSummary: SummaryRecords(ev.summary(), &b); break;
     case v1::JobEvent::kPrompt: PromptRecords(ev.prompt(), tensors_[ev.prompt().model()], &b); break;

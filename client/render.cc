@@ -197,7 +197,11 @@ void RenderServerInfo(const v1::ServerInfo& r, const RenderOptions& o, std::ostr
       << "jobs: " << r.running_jobs() << " running, " << r.queued_jobs() << " queued\n"
       << "limits: " << r.limits().max_tokens_per_prompt() << " tokens/prompt, " << r.limits().max_prompts_per_job()
       << " prompts/job, " << r.limits().max_queued_jobs() << " queued jobs, packing " << r.limits().pack_tokens()
-      << " tokens/forward\n";
+      << " tokens/forward, residual budget "
+      << (r.limits().residual_memory_bytes() > 0
+              ? absl::StrFormat("%.2f GiB", r.limits().residual_memory_bytes() / double(int64_t{1} << 30))
+              : std::string("none (one wave)"))
+      << "\n";
   if (r.limits().max_tokens_per_job() > 0 || r.limits().max_planned_passes() > 0)
     out << "per job: " << r.limits().max_tokens_per_job() << " tokens through all forwards, "
         << r.limits().max_planned_passes() << " planned forward passes\n";

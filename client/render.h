@@ -22,6 +22,9 @@ namespace sinkscope::client {
 struct RenderOptions {
   Format format = Format::kTable;
   bool wide = false;
+  // Table on a terminal: partial layer rows (a job whose baseline runs in several waves) are replaced in place by
+  // the next wave's rows; otherwise every row is a plain line, partial ones marked as such.
+  bool rewrite_partial = false;
 };
 
 // Renders a job's events in stream order; Finish() writes what a format holds back (the --wide CSV, the per-prompt

@@ -115,7 +115,8 @@ std::string RightPad(const std::string& s, size_t w, bool right) {
 
 class TableRenderer : public EventRenderer::Impl {
  public:
-  TableRenderer(const RenderOptions& o, std::ostream& out) : wide_(o.wide), out_(out) {}
+  TableRenderer(const RenderOptions& o, std::ostream& out)
+      : wide_(o.wide), rewrite_partial_(o.rewrite_partial), out_(out) {}
 
   void Render(const v1::JobEvent& ev) override {
     switch (ev.event_case()) {
@@ -155,7 +156,7 @@ class TableRenderer : public EventRenderer::Impl {
 
   void Layer(const v1::LayerResult& r) {
     if (r.model() != stats_model_) FlushStats();
-    if (r.has_activation_stats()) {
+    if (r.has_activation_stats() && !r.partial()) {  // the final event of the layer carries every row
       stats_model_ = r.model();
       for (const auto& e : r.activation_stats().entries())
         stats_rows_.push_back({std::to_string(r.layer()), wide_ ? e.hook() : Clip(e.hook(), 28),
@@ -167,6 +168,7 @@ class TableRenderer : public EventRenderer::Impl {
     std::vector<std::string> headers;
     for (const auto& c : cols) headers.push_back(c.header);
     if (r.model() != table_model_ || headers != table_headers_) {
+      partial_lines_ = 0;
       table_model_ = r.model();
       table_headers_ = headers;
       ppl_header_ = false;
@@ -178,8 +180,18 @@ class TableRenderer : public EventRenderer::Impl {
       }
       out_ << h << "\n" << rule << "\n";
     }
+    // A later wave starts again at the first layer: on a terminal its rows replace the partial ones in place.
+    if (rewrite_partial_ && partial_lines_ > 0 && r.layer() <= last_layer_) {
+      out_ << "\x1b[" << partial_lines_ << "F\x1b[J";
+      partial_lines_ = 0;
+    }
+    last_layer_ = r.layer();
     std::string line = RightPad(std::to_string(r.layer()), 5, false);
     for (const auto& c : cols) line += "  " + RightPad(Num(*c.get(r)), ColWidth(c.header), true);
+    if (r.partial()) {
+      line += absl::StrCat("  (partial: ", r.prompts_done(), " of ", r.prompts_total(), " prompts)");
+      ++partial_lines_;
+    }
     out_ << line << "\n";
   }
 
@@ -337,7 +349,10 @@ class TableRenderer : public EventRenderer::Impl {
   }
 
   bool wide_;
+  bool rewrite_partial_;
   std::ostream& out_;
+  int partial_lines_ = 0;  // partial layer rows printed since the last final row (replaced in place on a terminal)
+  int32_t last_layer_ = -2;
   std::string table_model_;
   std::vector<std::string> table_headers_;
   bool ppl_header_ = false;

@@ -119,18 +119,8 @@ class Executor {
   void EmitPrompts() {
     const ModelPlan& mp = plan_.models[m_];
     for (size_t p = 0; p < mp.prompts.size(); ++p) {
-      PromptResult r;
-      r.model = mp.handle.name;
-      r.prompt = static_cast<int32_t>(p);
-      r.num_tokens = static_cast<int32_t>(mp.prompts[p].size());
-      if (plan_.spec.emit_token_ids) r.token_ids = mp.prompts[p];
-      for (int32_t l = 0; l < dims_.n_layers; ++l) {
-        PromptLayer pl;
-        pl.layer = l;
-        for (const auto& a : obs_->emitted) a->FillPrompt(r.prompt, l, &pl);
-        const bool any = pl.sink_rate || pl.bos_norm || pl.entropy || !pl.massive_counts.empty();
-        if (any) r.layers.push_back(std::move(pl));
-      }
+      PromptResult r = obs_->Prompt(mp.handle.name, static_cast<int32_t>(p), mp.prompts[p], plan_.spec.emit_token_ids,
+                                    static_cast<int32_t>(dims_.n_layers));
       r.perplexity = std::move(prompt_ppl_[p]);
       if (sink_) sink_->OnPrompt(r);
     }
@@ -149,16 +139,9 @@ class Executor {
 
   // Layer l's result over the first `done` prompts (partial until the last wave has passed the layer).
   void EmitLayer(int32_t l, int32_t done) {
-    LayerResult lr;
-    lr.model = plan_.models[m_].handle.name;
-    lr.layer = l;
-    lr.prompts_done = done;
-    lr.prompts_total = static_cast<int32_t>(plan_.models[m_].prompts.size());
-    lr.partial = done < lr.prompts_total;
-    for (const auto& a : obs_->emitted) a->Fill(l, &lr);
-    const bool any =
-        lr.sink_rate || lr.massive_values || lr.residual_stats || lr.matrix_entropy || !lr.activation_stats.empty();
-    if (any && sink_) sink_->OnLayer(lr);
+    std::optional<LayerResult> lr =
+        obs_->Layer(plan_.models[m_].handle.name, l, done, static_cast<int32_t>(plan_.models[m_].prompts.size()));
+    if (lr && sink_) sink_->OnLayer(*lr);
   }
 
   // ---- passes
@@ -218,27 +201,11 @@ class Executor {
     const std::vector<Pass>& passes = plan_.passes;
     const int32_t P = static_cast<int32_t>(mp.prompts.size()), L = static_cast<int32_t>(dims_.n_layers);
     const size_t n = w_end - w;
-    std::vector<std::vector<model::HookSet>> hooks(n);
-    std::vector<analysis::PromptCtx> ctx;
-    std::vector<WaveForward> fw(n);
+    WaveInputs in;
+    BuildWave(mp.handle.name, mp.prompts, &passes[w], &passes[w] + n,
+              [this](const analysis::PromptCtx& c, model::HookSet* h) { obs_->Register(c, h); }, &in);
     std::vector<const Pass*> packs;
-    for (size_t k = 0; k < n; ++k) {
-      const Pass& p = passes[w + k];
-      packs.push_back(&p);
-      hooks[k].resize(p.num_prompts);
-      for (int32_t i = 0; i < p.num_prompts; ++i) {
-        const std::vector<int32_t>& prompt = mp.prompts[p.first_prompt + i];
-        ctx.push_back({p.first_prompt + i, static_cast<int64_t>(prompt.size())});
-        obs_->Register(ctx.back(), &hooks[k][i]);
-        fw[k].ids.insert(fw[k].ids.end(), prompt.begin(), prompt.end());
-        fw[k].lengths.push_back(static_cast<int64_t>(prompt.size()));
-        fw[k].hooks.push_back(&hooks[k][i]);
-      }
-      fw[k].what = absl::StrCat("model ", mp.handle.name, ", baseline, ",
-                                p.num_prompts == 1 ? absl::StrCat("prompt ", p.first_prompt)
-                                                   : absl::StrCat("prompts ", p.first_prompt, "-",
-                                                                  p.first_prompt + p.num_prompts - 1));
-    }
+    for (size_t k = 0; k < n; ++k) packs.push_back(&passes[w + k]);
     const int32_t done = passes[w_end - 1].first_prompt + passes[w_end - 1].num_prompts;
     WaveCallbacks cb;
     cb.before_forward = [&](size_t k) -> absl::Status {
@@ -262,14 +229,14 @@ class Executor {
     };
     cb.after_finish = [&](size_t) { obs_->Flush(); };
     const bool want_nll = plan_.perplexity() != nullptr;
-    ASSIGN_OR_RETURN(std::vector<model::ForwardResult> results, RunWave(*mp.handle.model, fw, want_nll, cb));
+    ASSIGN_OR_RETURN(std::vector<model::ForwardResult> results, RunWave(*mp.handle.model, in.forwards, want_nll, cb));
     for (const auto& a : obs_->emitted)
       RETURN_IF_ERROR(WithContext(a->status(), absl::StrCat("model ", mp.handle.name)));
-    for (const analysis::PromptCtx& c : ctx)
+    for (const analysis::PromptCtx& c : in.ctx)
       for (const auto& a : obs_->emitted) a->EndPrompt(c);
     if (want_nll)
       for (size_t k = 0; k < n; ++k) {
-        const std::vector<at::Tensor> nll = SplitNll(results[k].target_nll, fw[k].lengths);
+        const std::vector<at::Tensor> nll = SplitNll(results[k].target_nll, in.forwards[k].lengths);
         for (size_t i = 0; i < nll.size(); ++i) {
           base_.Add(nll[i]);
           RecordPromptNll(packs[k]->first_prompt + static_cast<int32_t>(i), "baseline", nll[i]);
@@ -414,14 +381,6 @@ class Executor {
     layers_ += L - start_layer;
     if (!want_nll) return std::vector<at::Tensor>();
     return SplitNll(r->target_nll, lens);
-  }
-
-  // Each prompt's target NLLs (T - 1 of them) from a (packed) forward's concatenated ones.
-  static std::vector<at::Tensor> SplitNll(const at::Tensor& nll, const std::vector<int64_t>& lens) {
-    if (lens.size() == 1) return {nll};
-    std::vector<int64_t> targets;
-    for (int64_t n : lens) targets.push_back(n - 1);
-    return nll.split_with_sizes(targets);
   }
 
   absl::Status Cancelled() const { return cancel_ ? cancel_() : absl::OkStatus(); }

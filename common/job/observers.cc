@@ -77,4 +77,35 @@ void Observers::Flush() const {
   if (hidden_resid) hidden_resid->Flush();
 }
 
+std::optional<LayerResult> Observers::Layer(const std::string& model, int32_t l, int32_t done, int32_t total) const {
+  LayerResult lr;
+  lr.model = model;
+  lr.layer = l;
+  lr.prompts_done = done;
+  lr.prompts_total = total;
+  lr.partial = done < total;
+  for (const auto& a : emitted) a->Fill(l, &lr);
+  const bool any =
+      lr.sink_rate || lr.massive_values || lr.residual_stats || lr.matrix_entropy || !lr.activation_stats.empty();
+  if (!any) return std::nullopt;
+  return lr;
+}
+
+PromptResult Observers::Prompt(const std::string& model, int32_t p, const std::vector<int32_t>& ids, bool ids_too,
+                               int32_t n_layers) const {
+  PromptResult r;
+  r.model = model;
+  r.prompt = p;
+  r.num_tokens = static_cast<int32_t>(ids.size());
+  if (ids_too) r.token_ids = ids;
+  for (int32_t l = 0; l < n_layers; ++l) {
+    PromptLayer pl;
+    pl.layer = l;
+    for (const auto& a : emitted) a->FillPrompt(p, l, &pl);
+    const bool any = pl.sink_rate || pl.bos_norm || pl.entropy || !pl.massive_counts.empty();
+    if (any) r.layers.push_back(std::move(pl));
+  }
+  return r;
+}
+
 }  // namespace sinkscope::job

@@ -4,6 +4,8 @@
 #define SINKSCOPE_COMMON_JOB_OBSERVERS_H_
 
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "common/analysis/analysis.h"
@@ -29,6 +31,12 @@ struct Observers {
   void Register(const analysis::PromptCtx& ctx, model::HookSet* hooks) const;
   // Deferred (batched) work of the analyses, after every layer and forward.
   void Flush() const;
+  // Layer l's result over the first `done` of `total` prompts (partial while done < total); none when no analysis
+  // reports that layer.
+  std::optional<LayerResult> Layer(const std::string& model, int32_t l, int32_t done, int32_t total) const;
+  // Prompt p's per-layer numbers (JobSpec.per_prompt), its ids when `ids_too`; perplexities are the runner's.
+  PromptResult Prompt(const std::string& model, int32_t p, const std::vector<int32_t>& ids, bool ids_too,
+                      int32_t n_layers) const;
 };
 
 }  // namespace sinkscope::job

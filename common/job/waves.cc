@@ -15,6 +15,38 @@ absl::Status WithContext(const absl::Status& st, const std::string& ctx) {
 
 }  // namespace
 
+void BuildWave(const std::string& model, const std::vector<std::vector<int32_t>>& prompts, const Pass* first,
+               const Pass* last, const std::function<void(const analysis::PromptCtx&, model::HookSet*)>& reg,
+               WaveInputs* out) {
+  const size_t n = static_cast<size_t>(last - first);
+  out->hooks.resize(n);
+  out->forwards.resize(n);
+  for (size_t k = 0; k < n; ++k) {
+    const Pass& p = first[k];
+    WaveForward& f = out->forwards[k];
+    out->hooks[k].resize(p.num_prompts);  // sized once: f.hooks points into it
+    for (int32_t i = 0; i < p.num_prompts; ++i) {
+      const std::vector<int32_t>& prompt = prompts[p.first_prompt + i];
+      out->ctx.push_back({p.first_prompt + i, static_cast<int64_t>(prompt.size())});
+      reg(out->ctx.back(), &out->hooks[k][i]);
+      f.ids.insert(f.ids.end(), prompt.begin(), prompt.end());
+      f.lengths.push_back(static_cast<int64_t>(prompt.size()));
+      f.hooks.push_back(&out->hooks[k][i]);
+    }
+    f.what = absl::StrCat("model ", model, ", baseline, ",
+                          p.num_prompts == 1 ? absl::StrCat("prompt ", p.first_prompt)
+                                             : absl::StrCat("prompts ", p.first_prompt, "-",
+                                                            p.first_prompt + p.num_prompts - 1));
+  }
+}
+
+std::vector<at::Tensor> SplitNll(const at::Tensor& nll, const std::vector<int64_t>& lengths) {
+  if (lengths.size() == 1) return {nll};
+  std::vector<int64_t> targets;
+  for (int64_t n : lengths) targets.push_back(n - 1);
+  return nll.split_with_sizes(targets);
+}
+
 absl::StatusOr<std::vector<model::ForwardResult>> RunWave(const model::LlamaModel& model,
                                                           const std::vector<WaveForward>& forwards, bool want_nll,
                                                           const WaveCallbacks& cb) {

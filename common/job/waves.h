@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/analysis/analysis.h"
+#include "common/job/plan.h"
 #include "common/model/llama.h"
 
 namespace sinkscope::job {
@@ -24,6 +26,20 @@ struct WaveForward {
   std::vector<const model::HookSet*> hooks;
   std::string what;  // error context, e.g. "model tiny-rope, baseline, prompts 0-7"
 };
+
+// The forwards of baseline passes [first, last) of one model over `prompts`, with one hook set per prompt, each
+// filled by `reg` (the analyses' observers) in prompt order. `ctx` lists the prompts in that order.
+struct WaveInputs {
+  std::vector<std::vector<model::HookSet>> hooks;  // per forward, per prompt (forwards[k].hooks point into it)
+  std::vector<analysis::PromptCtx> ctx;
+  std::vector<WaveForward> forwards;
+};
+void BuildWave(const std::string& model, const std::vector<std::vector<int32_t>>& prompts, const Pass* first,
+               const Pass* last, const std::function<void(const analysis::PromptCtx&, model::HookSet*)>& reg,
+               WaveInputs* out);
+
+// Each prompt's target NLLs (T - 1 of them) from a (packed) forward's concatenated ones.
+std::vector<at::Tensor> SplitNll(const at::Tensor& nll, const std::vector<int64_t>& lengths);
 
 struct WaveCallbacks {
   // Before forward k is begun (embedded); a non-OK status (cancellation) stops the wave.
