@@ -271,3 +271,43 @@ TEST(ExitCodes, Documented) {
   EXPECT_EQ(ExitCodeFor(v1::JOB_STATE_FAILED), 4);
   EXPECT_EQ(ExitCodeFor(v1::JOB_STATE_CANCELLED), 5);
 }
+
+TEST(Table, PartialLayerRowsAreMarkedWhenPipedAndReplacedInPlaceOnATerminal) {
+  // Two waves over two layers: the first wave's rows are partial (4 of 8 prompts), the second's final.
+  std::vector<v1::JobEvent> evs;
+  for (int wave = 0; wave < 2; ++wave)
+    for (int l = 0; l < 2; ++l) {
+      v1::JobEvent e;
+      auto* r = e.mutable_layer();
+      r->set_model("m");
+      r->set_layer(l);
+      r->mutable_sink_rate()->mutable_sink_rate()->set_mean(0.25 * (wave + 1));
+      r->mutable_sink_rate()->set_tau(0.3);
+      r->set_prompts_done(wave == 0 ? 4 : 8);
+      r->set_prompts_total(8);
+      r->set_partial(wave == 0);
+      evs.push_back(e);
+    }
+  const std::string plain = RenderAll(evs, Format::kTable);
+  int partial = 0, rows = 0;
+  for (const auto& l : Lines(plain)) {
+    if (absl::StrContains(l, "(partial: 4 of 8 prompts)")) ++partial;
+    if (absl::StrContains(l, "0.5")) ++rows;  // the final rows, unmarked
+  }
+  EXPECT_EQ(partial, 2) << plain;
+  EXPECT_EQ(rows, 2) << plain;
+  EXPECT_FALSE(absl::StrContains(plain, "\x1b[")) << "piped output has no control sequences";
+  std::ostringstream tty;
+  EventRenderer r(RenderOptions{Format::kTable, false, /*rewrite_partial=*/true}, tty);
+  for (const auto& e : evs) r.Render(e);
+  r.Finish();
+  // The second wave moves up over the two partial rows and clears them before printing its own.
+  EXPECT_TRUE(absl::StrContains(tty.str(), "\x1b[2F\x1b[J")) << tty.str();
+  size_t escapes = 0;
+  for (size_t at = tty.str().find("\x1b["); at != std::string::npos; at = tty.str().find("\x1b[", at + 1)) ++escapes;
+  EXPECT_EQ(escapes, 2u);  // once: the final wave replaces the partial one, nothing else moves
+  // CSV keeps the final layers only.
+  const std::string csv = RenderAll(evs, Format::kCsv);
+  EXPECT_FALSE(absl::StrContains(csv, "0.25")) << csv;
+  EXPECT_TRUE(absl::StrContains(csv, "0.5")) << csv;
+}
