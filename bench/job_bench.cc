@@ -13,7 +13,6 @@
 //                            [--repeats=3] [--threads=2] [--out=bench/results] [--name=packing]
 //                            [--ids=FILE]   (a JSON array of token-id prompts instead of --dataset)
 //                            [--digest=0]   (1: hash the weights at load, as the server does by default)
-#include <sys/utsname.h>
 
 #include <cmath>
 #include <filesystem>
@@ -23,6 +22,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_report.h"
 #include "bench/bench_util.h"
 #include "common/job/plan.h"
 #include "common/model/llama.h"
@@ -167,26 +167,15 @@ int main(int argc, char** argv) {
     out["runs"].push_back(run);
   }
 
-  utsname un{};
-  uname(&un);
-  out["machine"] = {{"cpu", sinkscope::bench::CpuModel()},
-                    {"kernel", un.release},
-                    {"threads", sinkscope::model::ComputeThreads()},
-                    {"torch", sinkscope::model::TorchVersion()},
-                    {"loadavg_before", load_before},
-                    {"loadavg_after", sinkscope::bench::LoadAvg()}};
+  const sinkscope::bench::Machine machine = sinkscope::bench::DescribeMachine(load_before);
+  out["machine"] = machine.json;
   out["job"] = {{"models", flags["models"]}, {"device", flags["device"]}, {"dtype", flags["dtype"]},
                 {"dataset", flags["dataset"]}, {"ids", flags["ids"]}, {"prompts", flags["prompts"]},
                 {"max_tokens", flags["max-tokens"]},
                 {"suite", flags["suite"]},     {"repeats", repeats}};
   const std::string dir = flags["out"], name = flags["name"];
-  std::filesystem::create_directories(dir);
-  std::ofstream(dir + "/" + name + ".json") << out.dump(2) << "\n";
-  std::ofstream md(dir + "/" + name + ".md");
-  md << "# Prompt packing (sinkscope-job-bench)\n\n";
-  md << absl::StrFormat("Machine: %s, %d torch threads, LibTorch %s, Linux %s. Load average before: %s, after: %s.\n\n",
-                        sinkscope::bench::CpuModel(), sinkscope::model::ComputeThreads(),
-                        sinkscope::model::TorchVersion(), un.release, load_before, sinkscope::bench::LoadAvg());
+  std::ofstream md = sinkscope::bench::OpenReport(dir, name, out);
+  md << "# Prompt packing (sinkscope-job-bench)\n\n" << machine.line;
   md << absl::StrFormat(
       "Job: %s suite (%s) on %s, %s %s, up to %s prompts (%s) cut to %s tokens; in-process "
       "BuildPlan + Execute, best of %d after a warm-up run (median in its own column).\n\n",

@@ -13,7 +13,6 @@
 //                               [--dataset=brown-heldout] [--data-dir=models/datasets] [--prompts=400]
 //                               [--max-tokens=128] [--pack-tokens=4096] [--budgets=1,0,8000000]
 //                               [--repeats=3] [--threads=2] [--out=bench/results] [--name=streaming]
-#include <sys/utsname.h>
 
 #include <time.h>
 
@@ -26,6 +25,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_report.h"
 #include "bench/bench_util.h"
 #include "common/job/plan.h"
 #include "common/model/llama.h"
@@ -254,22 +254,14 @@ int main(int argc, char** argv) {
     std::cerr << run.dump() << "\n";
     out["runs"].push_back(run);
   }
-  utsname un{};
-  uname(&un);
-  out["machine"] = {{"cpu", sinkscope::bench::CpuModel()}, {"kernel", un.release},
-                    {"threads", sinkscope::model::ComputeThreads()}, {"torch", sinkscope::model::TorchVersion()},
-                    {"loadavg_before", load_before}, {"loadavg_after", sinkscope::bench::LoadAvg()}};
+  const sinkscope::bench::Machine machine = sinkscope::bench::DescribeMachine(load_before);
+  out["machine"] = machine.json;
   out["job"] = {{"models", flags["models"]}, {"device", flags["device"]}, {"dtype", flags["dtype"]},
                 {"dataset", flags["dataset"]}, {"prompts", flags["prompts"]}, {"max_tokens", flags["max-tokens"]},
                 {"pack_tokens", flags["pack-tokens"]}, {"repeats", repeats}};
   const std::string dir = flags["out"], name = flags["name"];
-  std::filesystem::create_directories(dir);
-  std::ofstream(dir + "/" + name + ".json") << out.dump(2) << "\n";
-  std::ofstream md(dir + "/" + name + ".md");
-  md << "# Layer-wise streaming (sinkscope-stream-bench)\n\n";
-  md << absl::StrFormat("Machine: %s, %d torch threads, LibTorch %s, Linux %s. Load average before: %s, after: %s.\n\n",
-                        sinkscope::bench::CpuModel(), sinkscope::model::ComputeThreads(),
-                        sinkscope::model::TorchVersion(), un.release, load_before, sinkscope::bench::LoadAvg());
+  std::ofstream md = sinkscope::bench::OpenReport(dir, name, out);
+  md << "# Layer-wise streaming (sinkscope-stream-bench)\n\n" << machine.line;
   md << absl::StrFormat(
       "Job: the phase suite (sink rate, massive Q/K/V, BOS residual stats, matrix entropy, perplexity with the "
       "BOS-MLP ablation at the spike layer) on %s, %s %s, %s prompts of %s cut to %s tokens, packed into forwards of "
