@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <gtest/gtest.h>
 
 #include <cstdint>
 #include <map>
@@ -11,6 +12,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/model/llama.h"
+#include "common/model/runtime.h"
 
 namespace sinkscope::testing {
 
@@ -44,5 +47,21 @@ const std::string& TestDevice();
 
 // max|a - b| / max(max|b|, 1e-30); a and b are compared in float64 on the CPU (either may live on a GPU).
 double RelErr(const at::Tensor& a, const at::Tensor& b);
+
+// A test parameterised by a fixture variant name ("rope", "nope_gqa", ...), with that checkpoint loaded on
+// TestDevice() into model_.
+class FixtureModelTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  static void SetUpTestSuite() { model::SetComputeThreads(2); }
+  void SetUp() override {
+    ASSERT_FALSE(FixtureDir().empty()) << FixtureError();
+    model::LoadOptions lo;
+    lo.device = TestDevice();
+    auto m = model::LlamaModel::Load(FixtureDir() + "/" + GetParam(), lo);
+    ASSERT_TRUE(m.ok()) << m.status();
+    model_ = *m;
+  }
+  std::shared_ptr<model::LlamaModel> model_;
+};
 
 }  // namespace sinkscope::testing

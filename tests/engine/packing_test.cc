@@ -55,19 +55,7 @@ struct Recorder {
   }
 };
 
-class PackingTest : public ::testing::TestWithParam<const char*> {
- protected:
-  static void SetUpTestSuite() { SetComputeThreads(2); }
-  void SetUp() override {
-    ASSERT_FALSE(FixtureDir().empty()) << testing::FixtureError();
-    LoadOptions lo;
-    lo.device = testing::TestDevice();
-    auto m = LlamaModel::Load(FixtureDir() + "/" + GetParam(), lo);
-    ASSERT_TRUE(m.ok()) << m.status();
-    model_ = *m;
-  }
-  std::shared_ptr<LlamaModel> model_;
-};
+class PackingTest : public testing::FixtureModelTest {};
 
 TEST_P(PackingTest, PackedEqualsOnePromptAtATime) {
   const LlamaConfig& c = model_->config();

@@ -25,19 +25,7 @@ std::vector<int64_t> Prompt(int64_t n, int64_t vocab, uint64_t seed) {
   return ids;
 }
 
-class StagedForwardTest : public ::testing::TestWithParam<const char*> {
- protected:
-  static void SetUpTestSuite() { SetComputeThreads(2); }
-  void SetUp() override {
-    ASSERT_FALSE(FixtureDir().empty()) << testing::FixtureError();
-    LoadOptions lo;
-    lo.device = testing::TestDevice();
-    auto m = LlamaModel::Load(FixtureDir() + "/" + GetParam(), lo);
-    ASSERT_TRUE(m.ok()) << m.status();
-    model_ = *m;
-  }
-  std::shared_ptr<LlamaModel> model_;
-};
+class StagedForwardTest : public testing::FixtureModelTest {};
 
 TEST_P(StagedForwardTest, LayerByLayerInTurnEqualsWholeForwards) {
   const LlamaConfig& c = model_->config();
