@@ -199,7 +199,8 @@ void ToProto(const model::LlamaModel& m, const tokenizer::Tokenizer* tok, v1::Mo
   p->set_attention_scale(c.attention_scale());
   p->set_rope_theta(c.rope_theta);
   // The names of a one-layer model, with its layer index turned into the {L} placeholder.
-  for (const auto& n : model::AllHookNames(1)) p->add_hook_points(absl::StrReplaceAll(n, {{"blocks.0.", "blocks.{L}."}}));
+  for (const auto& n : model::AllHookNames(1))
+    p->add_hook_points(absl::StrReplaceAll(n, {{"blocks.0.", "blocks.{L}."}}));
 }
 
 template <typename T, typename P>

@@ -36,7 +36,8 @@ absl::StatusOr<job::Inputs> InputsFrom(const v1::Inputs& p, const std::string& w
       break;
     case v1::Inputs::kTokenIds:
       if (p.token_ids().prompts_size() == 0) return Bad(where + ".token_ids", "empty list");
-      for (const auto& prompt : p.token_ids().prompts()) in.token_ids.emplace_back(prompt.ids().begin(), prompt.ids().end());
+      for (const auto& prompt : p.token_ids().prompts())
+        in.token_ids.emplace_back(prompt.ids().begin(), prompt.ids().end());
       break;
     case v1::Inputs::kDataset:
       if (p.dataset().empty()) return Bad(where + ".dataset", "empty name");
@@ -58,7 +59,8 @@ absl::StatusOr<job::Intervention> InterventionFrom(const v1::Intervention& p, co
       if (p.bos_mlp().layer_choice_case() == v1::BosMlpAblation::kLayer) {
         a.layer = p.bos_mlp().layer();
       } else {
-        RETURN_IF_ERROR(EnumFromProto(internal::kSpikeRules, p.bos_mlp().spike(), where + ".bos_mlp.spike", &a.spike_rule));
+        RETURN_IF_ERROR(
+            EnumFromProto(internal::kSpikeRules, p.bos_mlp().spike(), where + ".bos_mlp.spike", &a.spike_rule));
       }
       iv.kind = a;
       break;
@@ -93,8 +95,8 @@ absl::StatusOr<job::Intervention> InterventionFrom(const v1::Intervention& p, co
     case v1::Intervention::kHeads: {
       job::HeadAblation h;
       for (const auto& hr : p.heads().heads()) h.heads.push_back({hr.layer(), hr.head()});
-      RETURN_IF_ERROR(
-          EnumFromProto(internal::kReplacements, p.heads().replacement(), where + ".heads.replacement", &h.replacement));
+      RETURN_IF_ERROR(EnumFromProto(internal::kReplacements, p.heads().replacement(), where + ".heads.replacement",
+                                    &h.replacement));
       iv.kind = std::move(h);
       break;
     }
@@ -128,7 +130,8 @@ absl::StatusOr<job::AnalysisSpec> AnalysisFrom(const v1::Analysis& a, const std:
       const auto& p = a.sink_rate();
       job::SinkRateSpec s;
       if (p.has_tau()) s.tau = p.tau();
-      RETURN_IF_ERROR(EnumFromProto(internal::kQueryRows, p.query_rows(), where + ".sink_rate.query_rows", &s.query_rows));
+      RETURN_IF_ERROR(
+          EnumFromProto(internal::kQueryRows, p.query_rows(), where + ".sink_rate.query_rows", &s.query_rows));
       RETURN_IF_ERROR(EnumFromProto(internal::kAttentionSources, p.source(), where + ".sink_rate.source", &s.source));
       return s;
     }
@@ -154,8 +157,9 @@ absl::StatusOr<job::AnalysisSpec> AnalysisFrom(const v1::Analysis& a, const std:
       job::PerplexitySpec s;
       s.weight_by_t = a.perplexity().weight_by_t();
       for (int i = 0; i < a.perplexity().interventions_size(); ++i) {
-        ASSIGN_OR_RETURN(job::Intervention iv, InterventionFrom(a.perplexity().interventions(i),
-                                                                absl::StrCat(where, ".perplexity.interventions[", i, "]")));
+        ASSIGN_OR_RETURN(
+            job::Intervention iv,
+            InterventionFrom(a.perplexity().interventions(i), absl::StrCat(where, ".perplexity.interventions[", i, "]")));
         s.interventions.push_back(std::move(iv));
       }
       return s;
@@ -175,7 +179,8 @@ void InputsTo(const job::Inputs& in, v1::Inputs* p) {
   if (!in.texts.empty()) {
     for (const auto& t : in.texts) p->mutable_texts()->add_texts(t);
   } else if (!in.token_ids.empty()) {
-    for (const auto& ids : in.token_ids) p->mutable_token_ids()->add_prompts()->mutable_ids()->Add(ids.begin(), ids.end());
+    for (const auto& ids : in.token_ids)
+      p->mutable_token_ids()->add_prompts()->mutable_ids()->Add(ids.begin(), ids.end());
   } else {
     p->set_dataset(in.dataset);
   }

@@ -126,7 +126,8 @@ absl::StatusOr<v1::SubmitJobResponse> JobManager::Submit(const v1::SubmitJobRequ
   ASSIGN_OR_RETURN(const Prepared p, Prepare(req.spec()));
   const std::string& key = req.idempotency_key();
   if (!key.empty()) {
-    if (absl::StatusOr<std::string> prior = store_->FindByKey(principal, key); prior.ok()) return Existing(*prior, key, req.spec());
+    if (absl::StatusOr<std::string> prior = store_->FindByKey(principal, key); prior.ok())
+      return Existing(*prior, key, req.spec());
   }
   JobRecord rec;
   rec.owner = principal;
@@ -160,7 +161,8 @@ absl::StatusOr<v1::SubmitJobResponse> JobManager::Submit(const v1::SubmitJobRequ
   if (!position.ok()) {
     // A concurrent retry with the same key got in first: answer as a later retry would.
     if (position.status().code() == absl::StatusCode::kAlreadyExists && !key.empty()) {
-      if (absl::StatusOr<std::string> prior = store_->FindByKey(principal, key); prior.ok()) return Existing(*prior, key, req.spec());
+      if (absl::StatusOr<std::string> prior = store_->FindByKey(principal, key); prior.ok())
+        return Existing(*prior, key, req.spec());
     }
     return position.status();
   }
@@ -272,7 +274,8 @@ void JobManager::OnState(const std::string& id, v1::JobState to, const absl::Sta
   const v1::Job& job = rec->job;
   nlohmann::json fields = {{"state", v1::JobState_Name(to).substr(sizeof("JOB_STATE_") - 1)},
                            {"principal", rec->owner},
-                           {"models", std::vector<std::string>(job.spec().models().begin(), job.spec().models().end())}};
+                           {"models", std::vector<std::string>(job.spec().models().begin(),
+                                                               job.spec().models().end())}};
   if (to == v1::JOB_STATE_RUNNING) {
     fields["queue_seconds"] = Seconds(job.submitted_at(), job.started_at());
     LogJob(spdlog::level::info, id, fields, absl::StrCat("job ", id, ": running"));
