@@ -56,24 +56,26 @@ if chroot "$C" dpkg -l | awk '/^ii/ {print $2}' | grep -E '^(libprotobuf-dev|lib
 fi
 
 [[ -d $ROOT/.gpu-deps ]] || { echo "run deploy/fetch-gpu-deps.sh first" >&2; exit 2; }
-if [[ $KEEP == 1 && -d $C/work/sinkscope ]]; then
-  say "refreshing deploy/ only in $C/work/sinkscope"
-  (cd "$ROOT" && tar -cf - deploy) | tar -C "$C/work/sinkscope" -xf -
+# Inside the chroot everything lives under $IN (the tree, the build, the work and report directories).
+IN=/srv/sinkscope-dry-run
+if [[ $KEEP == 1 && -d $C$IN/sinkscope ]]; then
+  say "refreshing deploy/ only in $C$IN/sinkscope"
+  (cd "$ROOT" && tar -cf - deploy) | tar -C "$C$IN/sinkscope" -xf -
 else
   # What the GPU tool carries: tracked + untracked-not-ignored files, plus .gpu-deps. tar keeps mtimes, so an
   # unchanged file does not rebuild.
-  say "copying the working tree (+ .gpu-deps) to $C/work/sinkscope"
-  rm -rf "$C/work/sinkscope"; mkdir -p "$C/work/sinkscope"
+  say "copying the working tree (+ .gpu-deps) to $C$IN/sinkscope"
+  rm -rf "$C$IN/sinkscope"; mkdir -p "$C$IN/sinkscope"
   (cd "$ROOT" && { git ls-files -co --exclude-standard; find .gpu-deps -maxdepth 1 -type f; } | sort -u |
-    while IFS= read -r f; do [[ -e $f ]] && printf '%s\0' "$f"; done | tar --null -T - -cf -) | tar -C "$C/work/sinkscope" -xf -
+    while IFS= read -r f; do [[ -e $f ]] && printf '%s\0' "$f"; done | tar --null -T - -cf -) | tar -C "$C$IN/sinkscope" -xf -
 fi
-say "tree: $(du -sh "$C/work/sinkscope" | cut -f1)"
+say "tree: $(du -sh "$C$IN/sinkscope" | cut -f1)"
 
 say "running gpu-check.sh --device cpu --quick --use-deps-prefix inside the chroot"
 rc=0
 chroot "$C" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin LANG=C.UTF-8 \
-  /bin/bash -c 'cd /work/sinkscope && deploy/gpu-check.sh --device cpu --layers 2 --quick --use-deps-prefix \
-    --torch-python /usr/bin/python3 --python /usr/bin/python3 --build-dir /work/build --work /work/gpu-work \
-    --out /work/out "$@"' gpu-check "$@" || rc=$?
-say "gpu-check.sh exited $rc; report: $C/work/out/gpu.md, log: $C/work/out/gpu-check.log"
+  /bin/bash -c 'in=$0; cd "$in"/sinkscope && deploy/gpu-check.sh --device cpu --layers 2 --quick --use-deps-prefix \
+    --torch-python /usr/bin/python3 --python /usr/bin/python3 --build-dir "$in"/build --work "$in"/gpu-work \
+    --out "$in"/out "$@"' "$IN" "$@" || rc=$?
+say "gpu-check.sh exited $rc; report: $C$IN/out/gpu.md, log: $C$IN/out/gpu-check.log"
 exit $rc
