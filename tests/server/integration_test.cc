@@ -99,14 +99,7 @@ class ServerTest : public testing::Test {
   }
 
   absl::StatusOr<std::string> Submit(const v1::JobSpec& spec, const std::string& key = "") {
-    grpc::ClientContext ctx;
-    v1::SubmitJobRequest req;
-    *req.mutable_spec() = spec;
-    req.set_idempotency_key(key);
-    v1::SubmitJobResponse resp;
-    grpc::Status st = stub_->SubmitJob(&ctx, req, &resp);
-    if (!st.ok()) return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
-    return resp.job_id();
+    return sinkscope::server_test::SubmitSpec(stub_.get(), spec, key);
   }
 
   std::vector<v1::JobEvent> Stream(const std::string& id, uint64_t from = 0, grpc::Status* status = nullptr) {

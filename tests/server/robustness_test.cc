@@ -12,6 +12,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/server.h"
 #include "sinkscope/v1/service.grpc.pb.h"
+#include "common/util/status_macros.h"
 #include "tests/server/test_util.h"
 
 namespace fs = std::filesystem;
@@ -71,20 +72,15 @@ class RobustnessTest : public testing::Test {
   }
   // Submits and streams to the end: the job's final event, or the submit error.
   static absl::StatusOr<v1::JobEvent> Run(v1::Sinkscope::Stub* stub, const v1::JobSpec& spec) {
-    grpc::ClientContext ctx;
-    v1::SubmitJobRequest req;
-    *req.mutable_spec() = spec;
-    v1::SubmitJobResponse resp;
-    grpc::Status st = stub->SubmitJob(&ctx, req, &resp);
-    if (!st.ok()) return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+    ASSIGN_OR_RETURN(const std::string id, SubmitSpec(stub, spec));
     grpc::ClientContext sctx;
     v1::StreamJobRequest sr;
-    sr.set_job_id(resp.job_id());
+    sr.set_job_id(id);
     auto reader = stub->StreamJob(&sctx, sr);
     v1::JobEvent ev, last;
     while (reader->Read(&ev)) last = ev;
     if (!reader->Finish().ok()) return absl::InternalError("stream failed");
-    last.set_job_id(resp.job_id());
+    last.set_job_id(id);
     return last;
   }
 

@@ -1,6 +1,7 @@
 // Helpers shared by the server test files (see test_util.h).
 #include "tests/server/test_util.h"
 
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -29,6 +30,18 @@ std::string Shell(const std::string& cmd, int* rc) {
   const int st = pclose(p);
   if (rc) *rc = WEXITSTATUS(st);
   return out;
+}
+
+absl::StatusOr<std::string> SubmitSpec(sinkscope::v1::Sinkscope::Stub* stub, const sinkscope::v1::JobSpec& spec,
+                                       const std::string& idempotency_key) {
+  grpc::ClientContext ctx;
+  sinkscope::v1::SubmitJobRequest req;
+  *req.mutable_spec() = spec;
+  req.set_idempotency_key(idempotency_key);
+  sinkscope::v1::SubmitJobResponse resp;
+  const grpc::Status st = stub->SubmitJob(&ctx, req, &resp);
+  if (!st.ok()) return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+  return resp.job_id();
 }
 
 void MakeModel(const fs::path& dir, const std::string& attention, int seed) {

@@ -7,10 +7,17 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "sinkscope/v1/service.grpc.pb.h"
+
 namespace sinkscope::server_test {
 
 // Runs `cmd` with /bin/sh, returns its stdout; *rc gets the exit status.
 std::string Shell(const std::string& cmd, int* rc = nullptr);
+
+// SubmitJob with an optional idempotency key: the job id, or the call's status (same code and message).
+absl::StatusOr<std::string> SubmitSpec(sinkscope::v1::Sinkscope::Stub* stub, const sinkscope::v1::JobSpec& spec,
+                                       const std::string& idempotency_key = "");
 
 // A random tiny Llama checkpoint (tests/reference/make_tiny_llama.py: 3 layers, d=64, GQA 4/2, vocab 4096,
 // context 512, 2 shards) with the shipped tokenizer. attention: rope | nope | qk_norm_nope ...
