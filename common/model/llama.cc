@@ -39,6 +39,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/model/llama.h"
+#include "common/model/segments.h"
 #include "common/util/status_macros.h"
 
 namespace sinkscope::model {
@@ -62,14 +63,6 @@ at::Tensor RotateHalf(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
-
-// The prompts of one forward: their lengths, offsets in the packed sequence and hook sets.
-struct Segments {
-  std::vector<int64_t> len, off;
-  std::vector<const HookSet*> hooks;  // one per prompt; null = no hooks
-  int64_t max_len = 0;
-  size_t size() const { return len.size(); }
-};
 
 // Hook plumbing for one forward. Names are built only for points that some prompt wants.
 class Hooks {
@@ -290,36 +283,6 @@ at::Tensor TargetNll(const LlamaConfig& cfg, const at::Tensor& y, const at::Tens
   }
   if (parts.empty()) return at::empty({0}, at::TensorOptions().dtype(acc).device(y.device()));
   return parts.size() == 1 ? parts[0] : at::cat(parts, 0);
-}
-
-absl::StatusOr<Segments> MakeSegments(const LlamaConfig& cfg, int64_t T, const ForwardOptions& opts) {
-  Segments seg;
-  if (opts.segments.empty()) {
-    seg.len = {T};
-    seg.hooks = {opts.hooks};
-  } else {
-    if (!opts.segment_hooks.empty() && opts.segment_hooks.size() != opts.segments.size())
-      return absl::InvalidArgumentError(absl::StrCat("segment_hooks has ", opts.segment_hooks.size(),
-                                                     " entries for ", opts.segments.size(), " segments"));
-    seg.len = opts.segments;
-    seg.hooks = opts.segment_hooks;
-    seg.hooks.resize(seg.len.size(), nullptr);
-  }
-  int64_t off = 0;
-  for (size_t s = 0; s < seg.len.size(); ++s) {
-    if (seg.len[s] < 1)
-      return absl::InvalidArgumentError(absl::StrCat("segments[", s, "] = ", seg.len[s], "; each prompt needs a token"));
-    if (seg.len[s] > cfg.max_position_embeddings && !opts.allow_beyond_max_positions)
-      return absl::InvalidArgumentError(absl::StrCat(seg.size() == 1 ? "ids has T=" : "a prompt has T=", seg.len[s],
-                                                     " tokens, more than max_position_embeddings=",
-                                                     cfg.max_position_embeddings));
-    seg.off.push_back(off);
-    off += seg.len[s];
-    seg.max_len = std::max(seg.max_len, seg.len[s]);
-  }
-  if (off != T)
-    return absl::InvalidArgumentError(absl::StrCat("segments sum to ", off, " tokens, ids has T=", T));
-  return seg;
 }
 
 // Rethrows nothing: LibTorch failures become Internal statuses naming the stage.
