@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -60,6 +61,23 @@ inline std::string CpuModel() {
   while (std::getline(in, line))
     if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
   return "unknown";
+}
+
+// A "Key:  N kB" line of /proc/self/status (VmRSS:, VmHWM:), in kB; -1 if absent.
+inline int64_t StatusKb(const char* key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(key, 0) == 0) return std::stoll(line.substr(std::strlen(key)));
+  return -1;
+}
+
+// Resets VmHWM (peak RSS) to the current RSS (Linux >= 4.0).
+inline bool ResetPeakRss() {
+  std::ofstream cr("/proc/self/clear_refs");
+  cr << "5";
+  cr.flush();
+  return cr.good();
 }
 
 inline double Median(std::vector<double> v) {

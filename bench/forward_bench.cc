@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_model.h"
 #include "bench/bench_util.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -45,25 +46,10 @@ using sinkscope::bench::Clock;
 using sinkscope::bench::CpuModel;
 using sinkscope::bench::LoadAvg;
 using sinkscope::bench::Median;
+using sinkscope::bench::RandomWeights;
+using sinkscope::bench::ResetPeakRss;
 using sinkscope::bench::Seconds;
-
-int64_t StatusKb(const char* key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(key, 0) == 0) return std::stoll(line.substr(std::strlen(key)));
-  return -1;
-}
-
-bool ResetPeakRss() {
-  std::ofstream cr("/proc/self/clear_refs");
-  cr << "5";
-  cr.flush();
-  return cr.good();
-}
-
-
-
+using sinkscope::bench::StatusKb;
 
 // Process CPU time (user + system, all threads). Less sensitive than wall time to other jobs on a shared machine.
 double CpuSeconds() {
@@ -101,31 +87,6 @@ double ForwardFlops(const LlamaConfig& c, int64_t T, int64_t chunk, bool logits)
   return c.num_hidden_layers * (per_layer + attn) + 2.0 * (logits ? T : T - 1) * d * V;
 }
 
-sinkscope::model::LlamaWeights RandomWeights(const LlamaConfig& c, at::ScalarType dt) {
-  at::manual_seed(0);
-  auto lin = [&](int64_t o, int64_t i) { return (at::randn({o, i}) / std::sqrt(static_cast<double>(i))).to(dt); };
-  auto norm = [&](int64_t n) { return (1 + 0.1 * at::randn({n})).to(dt); };
-  const int64_t d = c.hidden_size, qd = c.num_attention_heads * c.head_dim, kvd = c.num_key_value_heads * c.head_dim;
-  sinkscope::model::LlamaWeights w;
-  w.embed_tokens = at::randn({c.vocab_size, d}).to(dt);
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    sinkscope::model::LayerWeights L;
-    L.input_layernorm = norm(d);
-    L.q_proj = lin(qd, d);
-    L.k_proj = lin(kvd, d);
-    L.v_proj = lin(kvd, d);
-    L.o_proj = lin(d, qd);
-    L.post_attention_layernorm = norm(d);
-    L.gate_proj = lin(c.intermediate_size, d);
-    L.up_proj = lin(c.intermediate_size, d);
-    L.down_proj = lin(d, c.intermediate_size);
-    w.layers.push_back(L);
-  }
-  w.norm = norm(d);
-  w.lm_head = lin(c.vocab_size, d);
-  return w;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -142,16 +103,8 @@ int main(int argc, char** argv) {
   const bool malloc_tuned = tune_malloc && sinkscope::model::TuneMallocForTensors();
   sinkscope::model::SetComputeThreads(threads);
 
-  LlamaConfig c;
-  c.model_type = "llama";
-  c.num_hidden_layers = num("layers");
-  c.hidden_size = num("hidden");
-  c.num_attention_heads = num("heads");
-  c.num_key_value_heads = num("kv-heads");
-  c.head_dim = c.hidden_size / c.num_attention_heads;
-  c.intermediate_size = num("intermediate");
-  c.vocab_size = num("vocab");
-  c.rms_norm_eps = 1e-5;
+  LlamaConfig c = sinkscope::bench::BenchConfig(num("layers"), num("hidden"), num("heads"), num("kv-heads"),
+                                                num("intermediate"), num("vocab"), /*max_positions=*/0);
   const int64_t repeats = std::max<int64_t>(1, num("repeats")), chunk = num("chunk");
   std::vector<int64_t> lengths;
   for (absl::string_view s : absl::StrSplit(flags["lengths"], ',')) {

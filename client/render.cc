@@ -74,6 +74,10 @@ std::string Positional(const v1::ModelInfo& m) {
   return "-";
 }
 
+// Bytes as GiB, and a memory budget (0 = none).
+std::string Gib(int64_t bytes) { return absl::StrFormat("%.2f GiB", static_cast<double>(bytes) / (1 << 30)); }
+std::string Budget(int64_t bytes, const char* none) { return bytes > 0 ? Gib(bytes) : std::string(none); }
+
 }  // namespace
 
 EventRenderer::EventRenderer(RenderOptions o, std::ostream& out) {
@@ -163,6 +167,10 @@ void RenderModel(const v1::ModelInfo& m, const RenderOptions& o, std::ostream& o
       << ", vocab " << m.vocab_size() << ", max positions " << m.max_position_embeddings() << ", scale "
       << Num(m.attention_scale()) << "\n";
   out << "weights " << m.weights_digest() << "\ntokenizer " << m.tokenizer_digest() << "\npath " << m.path() << "\n";
+  if (m.state() == v1::MODEL_STATE_READY)
+    out << "memory: per forward " << Budget(m.forward_memory_bytes(), "none") << ", residual "
+        << Budget(m.residual_memory_bytes(), "none (one wave)") << ", device "
+        << (m.device_memory_bytes() > 0 ? Gib(m.device_memory_bytes()) : std::string("unknown")) << "\n";
   out << "hook points:\n";
   std::string line = " ";
   for (const auto& h : m.hook_points()) {  // wrapped at the table width
@@ -198,16 +206,16 @@ void RenderServerInfo(const v1::ServerInfo& r, const RenderOptions& o, std::ostr
       << "limits: " << r.limits().max_tokens_per_prompt() << " tokens/prompt, " << r.limits().max_prompts_per_job()
       << " prompts/job, " << r.limits().max_queued_jobs() << " queued jobs, packing " << r.limits().pack_tokens()
       << " tokens/forward, residual budget "
-      << (r.limits().residual_memory_bytes() > 0
-              ? absl::StrFormat("%.2f GiB", r.limits().residual_memory_bytes() / double(int64_t{1} << 30))
-              : std::string("none (one wave)"))
+      << (r.limits().residual_memory_per_model() ? std::string("per model, from its device")
+                                                 : Budget(r.limits().residual_memory_bytes(), "none (one wave)"))
       << "\n";
   if (r.limits().max_tokens_per_job() > 0 || r.limits().max_planned_passes() > 0)
     out << "per job: " << r.limits().max_tokens_per_job() << " tokens through all forwards, "
         << r.limits().max_planned_passes() << " planned forward passes\n";
-  if (r.limits().forward_memory_bytes() > 0)
-    out << "per forward: " << absl::StrFormat("%.1f", static_cast<double>(r.limits().forward_memory_bytes()) / (1 << 30))
-        << " GiB of activations at most\n";
+  if (r.limits().forward_memory_per_model())
+    out << "per forward: activation memory sized per model from its device (see `sinkscope models NAME`)\n";
+  else if (r.limits().forward_memory_bytes() > 0)
+    out << "per forward: " << Gib(r.limits().forward_memory_bytes()) << " of activations at most\n";
 }
 
 void RenderJob(const v1::Job& j, const RenderOptions& o, std::ostream& out) {

@@ -47,6 +47,17 @@ absl::StatusOr<int32_t> PositiveInt(const YAML::Node& n, const std::string& wher
   return static_cast<int32_t>(v);
 }
 
+// A memory budget: bytes, or `auto` / absent (sized from the device by the registry). Returns whether it is auto.
+absl::StatusOr<bool> MemoryBytes(const YAML::Node& n, const std::string& where, int64_t* bytes) {
+  if (!n) return true;
+  if (n.IsScalar() && n.Scalar() == "auto") return true;
+  int64_t v;
+  if (!n.IsScalar() || !YAML::convert<int64_t>::decode(n, v))
+    return absl::InvalidArgumentError(absl::StrCat(where, ": expected a byte count or auto"));
+  ASSIGN_OR_RETURN(*bytes, Int(n, where, 0, int64_t{1} << 50));
+  return false;
+}
+
 // The `state:` block (config.h).
 absl::Status ParseState(const YAML::Node& n, StateConfig* st) {
   if (!n.IsMap()) return absl::InvalidArgumentError("state: must be a mapping");
@@ -167,16 +178,13 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, con
                          Int(l["max_tokens_per_job"], "limits.max_tokens_per_job", 1, int64_t{1} << 50));
       }
       // 0: no budget.
-      if (l["forward_memory_bytes"]) {
-        ASSIGN_OR_RETURN(cfg.limits.forward_memory_bytes,
-                         Int(l["forward_memory_bytes"], "limits.forward_memory_bytes", 0, int64_t{1} << 50));
-        cfg.forward_memory_auto = false;
-      }
+      ASSIGN_OR_RETURN(cfg.forward_memory_auto,
+                       MemoryBytes(l["forward_memory_bytes"], "limits.forward_memory_bytes",
+                                   &cfg.limits.forward_memory_bytes));
       // 0: no budget (one wave).
-      if (l["residual_memory_bytes"]) {
-        ASSIGN_OR_RETURN(cfg.limits.residual_memory_bytes,
-                         Int(l["residual_memory_bytes"], "limits.residual_memory_bytes", 0, int64_t{1} << 50));
-      }
+      ASSIGN_OR_RETURN(cfg.residual_memory_auto,
+                       MemoryBytes(l["residual_memory_bytes"], "limits.residual_memory_bytes",
+                                   &cfg.limits.residual_memory_bytes));
       if (l["max_request_bytes"]) {
         ASSIGN_OR_RETURN(cfg.max_request_bytes,
                          PositiveInt(l["max_request_bytes"], "limits.max_request_bytes", /*min=*/1024));

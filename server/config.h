@@ -17,8 +17,10 @@
 //     pack_tokens: 4096              # prompts packed per forward (0 = one prompt per forward)
 //     max_tokens_per_job: 20000000   # tokens through all of a job's forwards (models x conditions x controls)
 //     max_planned_passes: 100000     # forwards a job may plan
-//     forward_memory_bytes: ...      # activation memory one forward may use; default half the host's memory; 0 = none
-//     residual_memory_bytes: 2147483648  # residual streams the layer-major baseline holds (waves, prefix reuse)
+//     forward_memory_bytes: auto     # activation memory one forward may use; auto (default): half of what the
+//                                    #   model's device has beside the weights resident there; 0 = none
+//     residual_memory_bytes: auto    # residual streams the layer-major baseline holds (waves, prefix reuse);
+//                                    #   auto (default): a quarter of that; 0 = none (one wave)
 //     max_request_bytes: 4194304     # largest SubmitJob request (gRPC message)
 //   state:                           # job records, events and the result cache (durable with --state_dir)
 //     interrupted: requeue           # a job running when the server stopped (crash, kill, restart): requeue runs
@@ -60,9 +62,11 @@ struct ServerConfig {
   job::RunLimits limits;
   int32_t max_queued_jobs = 64;
   int32_t max_request_bytes = 4 << 20;
-  // limits.forward_memory_bytes absent from the YAML: the server sets it to half its host's physical memory, so a
-  // prompt that can never fit is refused at submit instead of failing the worker (explicit 0 = no budget).
+  // limits.forward_memory_bytes / residual_memory_bytes absent or `auto`: the registry sizes them per model from
+  // its device (registry.h MemoryShares), so that a prompt that can never fit is refused at submit instead of
+  // failing the worker, and waves fit the device (explicit 0 = no budget).
   bool forward_memory_auto = true;
+  bool residual_memory_auto = true;
   int32_t load_timeout_seconds = 600;  // a model still loading after this is FAILED; the others serve
   StateConfig state;
 };

@@ -2,19 +2,21 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "common/model/llama.h"
+#include "common/model/runtime.h"
 #include "common/tokenizer/tokenizer.h"
 #include "server/convert.h"
 
 namespace sinkscope::server {
 namespace v1 = sinkscope::v1;
 
-Registry::Registry(std::vector<ModelConfig> models) {
+Registry::Registry(std::vector<ModelConfig> models, const MemoryPolicy& memory) : memory_(memory) {
   absl::MutexLock l(&mu_);
   for (auto& mc : models) {
     Slot s;
@@ -29,8 +31,8 @@ Registry::Registry(std::vector<ModelConfig> models) {
   }
 }
 
-std::shared_ptr<Registry> MakeRegistry(std::vector<ModelConfig> models) {
-  std::shared_ptr<Registry> r(new Registry(std::move(models)));
+std::shared_ptr<Registry> MakeRegistry(std::vector<ModelConfig> models, const MemoryPolicy& memory) {
+  std::shared_ptr<Registry> r(new Registry(std::move(models), memory));
   r->weak_self_ = r;
   return r;
 }
@@ -81,6 +83,14 @@ void Registry::Load(std::shared_ptr<Registry> self, size_t i) {
     }
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  int64_t device_total = 0;
+  if (st.ok()) {
+    absl::StatusOr<model::DeviceMemory> mem = model::QueryDeviceMemory((*m)->device());
+    if (mem.ok())
+      device_total = mem->total;
+    else
+      spdlog::warn("model {}: cannot size its memory budgets from the device: {}", cfg.name, mem.status().ToString());
+  }
   absl::MutexLock l(&self->mu_);
   Slot& s = self->slots_[i];
   if (s.info.state() != v1::MODEL_STATE_LOADING) {  // timed out: the registry has moved on
@@ -96,9 +106,36 @@ void Registry::Load(std::shared_ptr<Registry> self, size_t i) {
   ToProto(**m, tok.get(), &s.info);
   s.info.set_state(v1::MODEL_STATE_READY);
   s.handle = job::ModelHandle{cfg.name, *m, tok};
-  spdlog::info("model {}: ready ({} layers, {} params, {} on {}, {:.2f} s, weights {}{})", cfg.name,
-               s.info.num_layers(), s.info.num_parameters(), s.info.dtype(), s.info.device(), secs,
-               s.info.weights_digest().substr(0, 12), tok ? "" : ", no tokenizer: token-id jobs only");
+  s.device_total = device_total;
+  self->SizeBudgetsLocked();
+  constexpr double kGiB = 1 << 30;
+  spdlog::info("model {}: ready ({} layers, {} params, {} on {}, {:.2f} s, weights {}; budgets per forward {:.2f} GiB, "
+               "residual {:.2f} GiB{})", cfg.name, s.info.num_layers(), s.info.num_parameters(), s.info.dtype(),
+               s.info.device(), secs, s.info.weights_digest().substr(0, 12), s.handle.forward_memory_bytes / kGiB,
+               s.handle.residual_memory_bytes / kGiB, tok ? "" : ", no tokenizer: token-id jobs only");
+}
+
+void Registry::SizeBudgetsLocked() {
+  for (Slot& s : slots_) {
+    if (s.info.state() != v1::MODEL_STATE_READY) continue;
+    int64_t resident = 0;  // weights of every ready model on the same device
+    for (const Slot& o : slots_)
+      if (o.info.state() == v1::MODEL_STATE_READY && o.info.device() == s.info.device())
+        resident += o.info.weight_bytes();
+    const int64_t left = std::max<int64_t>(0, s.device_total - resident);
+    const bool known = s.device_total > 0;
+    auto size = [&](bool automatic, double share, int64_t fixed, int64_t fallback) {
+      if (!automatic) return fixed;
+      return known ? static_cast<int64_t>(static_cast<double>(left) * share) : fallback;
+    };
+    s.handle.forward_memory_bytes =
+        size(memory_.forward_auto, memory_.forward_share, memory_.forward_bytes, memory_.fallback_forward_bytes);
+    s.handle.residual_memory_bytes =
+        size(memory_.residual_auto, memory_.residual_share, memory_.residual_bytes, memory_.fallback_residual_bytes);
+    s.info.set_forward_memory_bytes(s.handle.forward_memory_bytes);
+    s.info.set_residual_memory_bytes(s.handle.residual_memory_bytes);
+    s.info.set_device_memory_bytes(s.device_total);
+  }
 }
 
 void Registry::ExpireLocked() const {

@@ -67,16 +67,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds, Credentials(opts));
 
   ASSIGN_OR_RETURN(s->metrics_, Metrics::Create(opts.metrics_listen));
-  s->registry_ = MakeRegistry(cfg.models);
+  // Memory budgets: as configured, or sized per model from its device by the registry (the handles carry them).
+  MemoryPolicy memory;
+  memory.forward_auto = cfg.forward_memory_auto;
+  memory.residual_auto = cfg.residual_memory_auto;
+  memory.forward_bytes = cfg.limits.forward_memory_bytes;
+  memory.residual_bytes = cfg.limits.residual_memory_bytes;
+  s->registry_ = MakeRegistry(cfg.models, memory);
   JobManager::Options jo;
   jo.max_queued_jobs = cfg.max_queued_jobs;
   job::RunLimits limits = cfg.limits;
-  if (cfg.forward_memory_auto) {
-    const int64_t host = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
-    limits.forward_memory_bytes = host / 2;
-    spdlog::info("limits.forward_memory_bytes: {:.1f} GiB (half the host's memory)",
-                 static_cast<double>(limits.forward_memory_bytes) / (1 << 30));
-  }
   jo.limits = limits;
   jo.server_version = kVersion;
   jo.metrics = s->metrics_.get();
@@ -97,6 +97,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& opts,
   so.datasets_dir = cfg.datasets_dir;
   so.tokens = s->tokens_.get();
   ToProto(limits, cfg.max_queued_jobs, cfg.max_request_bytes, &so.limits);
+  if (cfg.forward_memory_auto) {
+    so.limits.set_forward_memory_bytes(0);
+    so.limits.set_forward_memory_per_model(true);
+  }
+  if (cfg.residual_memory_auto) {
+    so.limits.set_residual_memory_bytes(0);
+    so.limits.set_residual_memory_per_model(true);
+  }
   s->service_ = std::make_unique<SinkscopeService>(so, s->registry_.get(), s->jobs_.get(), s->metrics_.get());
 
   grpc::EnableDefaultHealthCheckService(true);

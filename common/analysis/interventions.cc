@@ -97,6 +97,16 @@ QkMasks QkIdentifier::Masks(double lambda, job::ThresholdScope scope) const {
   return m;
 }
 
+bool QkIdentifier::SelectsInLayer(int64_t l, double lambda, job::ThresholdScope scope, bool use_q,
+                                  bool use_k) const {
+  if (n_prompts_ == 0) return false;
+  auto any = [&](bool k) {
+    const at::Tensor& s = k ? k_sum_[l] : q_sum_[l];
+    return s.defined() && MassiveMask(MeanNorms(l, k), lambda, scope).any().item<bool>();
+  };
+  return (use_q && any(false)) || (use_k && any(true));
+}
+
 QkMasks RandomControlMasks(const QkMasks& m, const ModelDims& dims, uint64_t seed) {
   // torch.manual_seed(seed) re-seeds the default CPU generator exactly like constructing one with `seed`.
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);

@@ -54,6 +54,9 @@ class QkIdentifier {
   void Register(model::HookSet* hooks);
   int32_t num_prompts() const { return n_prompts_; }
   QkMasks Masks(double lambda, job::ThresholdScope scope) const;
+  // Whether Masks(lambda, scope) selects any dim of layer l among the used tensors; depends on layer l's norms only,
+  // so it is final as soon as every prompt has passed layer l (prefix reuse asks it while the baseline runs).
+  bool SelectsInLayer(int64_t l, double lambda, job::ThresholdScope scope, bool use_q, bool use_k) const;
   // N̄_l for Q (use_k = false) or K, [heads, hd] float64 (tests).
   at::Tensor MeanNorms(int64_t layer, bool use_k) const;
 

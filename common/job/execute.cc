@@ -99,7 +99,7 @@ class Executor {
     base_ppl_ = 0;
     passes_ = 0;
     layers_ = 0;
-    keeper_ = std::make_unique<ResidualKeeper>(plan_, model.config(), dims_, one_wave);
+    keeper_ = std::make_unique<ResidualKeeper>(plan_, mp, model.config(), dims_, one_wave);
   }
 
   absl::Status EndModel(Summary* summary) {
@@ -225,7 +225,7 @@ class Executor {
     };
     cb.layer_done = [&](int l) {
       if (!(obs_->last_after_norm && l == L - 1)) EmitLayer(l, done);
-      keeper_->AfterLayer(l, obs_->resid);
+      keeper_->AfterLayer(l, obs_->resid, obs_->ident.get());
     };
     cb.after_finish = [&](size_t) { obs_->Flush(); };
     const bool want_nll = plan_.perplexity() != nullptr;

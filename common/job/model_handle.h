@@ -19,6 +19,10 @@ struct ModelHandle {
   std::shared_ptr<const model::LlamaModel> model;
   // May be null for models used with token_ids inputs only (texts and datasets need it).
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
+  // Memory budgets of this model's forwards, sized from its device by whoever loaded it (the server: the device's
+  // memory less the weights resident there); -1 = RunLimits' forward_memory_bytes / residual_memory_bytes.
+  int64_t forward_memory_bytes = -1;
+  int64_t residual_memory_bytes = -1;
 };
 
 struct RunLimits {
@@ -38,8 +42,17 @@ struct RunLimits {
   // Residual-stream memory the layer-major baseline may hold (packing.h ResidualBytes): a wave is as many packed
   // forwards as fit, run through layer l before layer l+1 (layer results stream as each layer is final); what is
   // left keeps the clean residual entering the layers where interventions start (prefix reuse). 0 = no budget
-  // (one wave, every residual an intervention can reuse kept). 2 GiB suits a CPU host; size it from the device.
+  // (one wave, every residual an intervention can reuse kept). 2 GiB suits a CPU host; the server sizes it from
+  // each model's device (ModelHandle.residual_memory_bytes).
   int64_t residual_memory_bytes = int64_t{2} << 30;
 };
+
+// The budgets that apply to `h`: its own when set (>= 0), else the limits'.
+inline int64_t ForwardMemoryBudget(const ModelHandle& h, const RunLimits& l) {
+  return h.forward_memory_bytes >= 0 ? h.forward_memory_bytes : l.forward_memory_bytes;
+}
+inline int64_t ResidualMemoryBudget(const ModelHandle& h, const RunLimits& l) {
+  return h.residual_memory_bytes >= 0 ? h.residual_memory_bytes : l.residual_memory_bytes;
+}
 
 }  // namespace sinkscope::job

@@ -219,16 +219,17 @@ absl::StatusOr<Plan> BuildPlan(JobSpec spec, std::vector<ModelHandle> models, co
   RETURN_IF_ERROR(CheckEditPositions(plan));
 
   // Passes, in execution order (plan.h).
-  const PackBudget budget{limits.pack_tokens, limits.forward_memory_bytes};
   for (size_t m = 0; m < plan.models.size(); ++m) {
-    const ModelPlan& mp = plan.models[m];
+    ModelPlan& mp = plan.models[m];
+    const PackBudget budget{limits.pack_tokens, ForwardMemoryBudget(mp.handle, limits)};
+    mp.residual_budget = ResidualMemoryBudget(mp.handle, limits);
     const int32_t mi = static_cast<int32_t>(m);
     auto add = [&](Pass::Kind kind, int32_t j, int32_t c, const std::vector<std::vector<int32_t>>& prompts) {
       return AddPasses(kind, mi, j, c, prompts, mp.handle, budget, &plan.passes);
     };
     const size_t first_baseline = plan.passes.size();
     RETURN_IF_ERROR(add(Pass::Kind::kBaseline, -1, -1, mp.prompts));
-    AssignWaves(mp.handle, mp.prompts, limits.residual_memory_bytes, first_baseline, &plan.passes);
+    AssignWaves(mp.handle, mp.prompts, mp.residual_budget, first_baseline, &plan.passes);
     for (size_t j = 0; j < num_iv; ++j) {
       const int32_t ji = static_cast<int32_t>(j);
       RETURN_IF_ERROR(add(Pass::Kind::kIdentify, ji, -1, mp.identify_prompts[j]));
@@ -239,7 +240,6 @@ absl::StatusOr<Plan> BuildPlan(JobSpec spec, std::vector<ModelHandle> models, co
     }
   }
 
-  plan.residual_budget = limits.residual_memory_bytes;
   plan.inputs_digest = InputsDigest(plan.models);
   plan.estimate.forwards = static_cast<int64_t>(plan.passes.size());
   for (const Pass& p : plan.passes) {

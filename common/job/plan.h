@@ -46,6 +46,9 @@ struct ModelPlan {
   std::vector<std::vector<int32_t>> prompts;                        // the job's inputs, as token ids
   std::vector<std::vector<std::vector<int32_t>>> identify_prompts;  // per intervention (empty unless identify_on)
   int32_t truncated = 0;                                            // prompts cut to the token cap
+  // ResidualMemoryBudget of the model (0 = none): its baseline passes are grouped into waves whose carried residuals
+  // fit it; what its largest wave leaves is where clean residuals are kept for prefix reuse.
+  int64_t residual_budget = 0;
 };
 
 // What a job will cost, known before it is queued (admission control hangs here).
@@ -63,9 +66,6 @@ struct Plan {
   std::vector<Pass> passes;         // execution order (see the file comment)
   std::string inputs_digest;        // SHA-256 over model names and every prompt's ids
   Estimate estimate;
-  // RunLimits.residual_memory_bytes (0 = none): baseline passes are grouped into waves whose carried residuals
-  // fit it; what a model's largest wave leaves is where clean residuals are kept for prefix reuse.
-  int64_t residual_budget = 0;
 
   const PerplexitySpec* perplexity() const;  // null when the job has no perplexity analysis
 };

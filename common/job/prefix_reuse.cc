@@ -2,15 +2,16 @@
 #include "common/job/prefix_reuse.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "common/analysis/interventions.h"
 #include "common/job/packing.h"
 
 namespace sinkscope::job {
 
-ResidualKeeper::ResidualKeeper(const Plan& plan, const model::LlamaConfig& cfg, const analysis::ModelDims& dims,
-                               bool one_wave)
-    : cfg_(cfg), budget_(plan.residual_budget) {
+ResidualKeeper::ResidualKeeper(const Plan& plan, const ModelPlan& mp, const model::LlamaConfig& cfg,
+                               const analysis::ModelDims& dims, bool one_wave)
+    : cfg_(cfg), budget_(mp.residual_budget) {
   const PerplexitySpec* ppl = plan.perplexity();
   if (ppl == nullptr) return;
   for (const Intervention& iv : ppl->interventions) {
@@ -26,8 +27,13 @@ ResidualKeeper::ResidualKeeper(const Plan& plan, const model::LlamaConfig& cfg, 
       analysis::AddHeadAblation(*h, dims, &hooks);
     } else if (const auto* e = std::get_if<std::vector<ActivationEdit>>(&iv.kind)) {
       analysis::AddActivationEdits(*e, dims, &hooks);
+    } else if (const auto* q = std::get_if<QkMassiveDisruption>(&iv.kind)) {
+      // Identified on the job's inputs: its first layer (and its controls', which select as many dims per layer) is
+      // known once the one wave has left it. Identified on other prompts: only after the baseline, so no reuse.
+      if (one_wave && !q->identify_on) qk_.push_back(QkTrack{q->lambda, q->scope, q->q, q->k});
+      continue;
     } else {
-      continue;  // Q/K disruptions and top-k replacements act from their first kept layer / layer 0
+      continue;  // top-k replacements act in every layer
     }
     const int64_t first = hooks.FirstLayer(dims.n_layers);
     if (first > 0 && first < dims.n_layers) known_.insert(static_cast<int32_t>(first));
@@ -36,7 +42,8 @@ ResidualKeeper::ResidualKeeper(const Plan& plan, const model::LlamaConfig& cfg, 
 
 void ResidualKeeper::BeforeLayer(int32_t l, const std::vector<const Pass*>& packs,
                                  const std::vector<const at::Tensor*>& entering) {
-  if (l == 0 || (!known_.count(l) && spike_rules_.empty())) return;
+  const bool searching = std::any_of(qk_.begin(), qk_.end(), [](const QkTrack& t) { return t.first < 0; });
+  if (l == 0 || (!known_.count(l) && spike_rules_.empty() && !searching)) return;
   // The budget holds what the wave carries (as the planner counts it) and what is kept.
   int64_t carried = 0, wave = 0;
   for (const at::Tensor* x : entering) {
@@ -55,25 +62,34 @@ void ResidualKeeper::Drop(int32_t l) {
   kept_.erase(it);
 }
 
-void ResidualKeeper::AfterLayer(int32_t l, const analysis::ResidualStats* resid) {
-  if (spike_rules_.empty() || resid == nullptr) return;
-  // Layers below l are final here; l itself may still wait for the final norm (last layer), so it stays.
+std::set<int32_t> ResidualKeeper::Wanted(const analysis::ResidualStats* resid, int32_t up_to) const {
   std::set<int32_t> keep = known_;
-  for (SpikeRule r : spike_rules_) keep.insert(resid->SpikeLayer(r, l));
+  if (resid != nullptr)
+    for (SpikeRule r : spike_rules_) keep.insert(resid->SpikeLayer(r, up_to));
+  for (const QkTrack& t : qk_)
+    if (t.first >= 0) keep.insert(t.first);
+  return keep;
+}
+
+void ResidualKeeper::DropAllBut(const std::set<int32_t>& keep, int32_t below) {
   std::vector<int32_t> drop;
   for (const auto& [layer, packs] : kept_)
-    if (layer < l && !keep.count(layer)) drop.push_back(layer);
+    if (layer < below && !keep.count(layer)) drop.push_back(layer);
   for (int32_t layer : drop) Drop(layer);
 }
 
+void ResidualKeeper::AfterLayer(int32_t l, const analysis::ResidualStats* resid, const analysis::QkIdentifier* ident) {
+  if (spike_rules_.empty() && qk_.empty()) return;
+  if (ident != nullptr)
+    for (QkTrack& t : qk_)
+      if (t.first < 0 && ident->SelectsInLayer(l, t.lambda, t.scope, t.q, t.k)) t.first = l;
+  // Layers below l are final here; l itself may still wait for the final norm (last layer), or be the layer a
+  // search goes on from, so it stays.
+  DropAllBut(Wanted(resid, l), l);
+}
+
 void ResidualKeeper::EndBaseline(const analysis::ResidualStats* resid) {
-  std::set<int32_t> keep = known_;
-  if (resid != nullptr)
-    for (SpikeRule r : spike_rules_) keep.insert(resid->SpikeLayer(r));
-  std::vector<int32_t> drop;
-  for (const auto& [layer, packs] : kept_)
-    if (!keep.count(layer)) drop.push_back(layer);
-  for (int32_t layer : drop) Drop(layer);
+  DropAllBut(Wanted(resid, -1), std::numeric_limits<int32_t>::max());
 }
 
 int32_t ResidualKeeper::Find(int64_t first, const Pass& pack, at::Tensor* x) const {

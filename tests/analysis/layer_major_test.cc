@@ -100,6 +100,24 @@ TEST(LayerMajor, EveryAnalysisAndInterventionEqualsPromptMajor) {
   }
 }
 
+TEST(LayerMajor, AModelsOwnBudgetsOverrideTheLimits) {
+  // The server sizes budgets per model from its device (ModelHandle); the plan follows the model's, not RunLimits'.
+  auto models = Models();
+  const job::JobSpec spec = Spec({"rope", "nope", "gqa"}, Prompts(), EveryAnalysis());
+  const int prompt_major = Waves(spec, models, Limits(20, kPromptMajor));
+  ASSERT_GT(prompt_major, 1);
+  models[0].residual_memory_bytes = kPromptMajor;
+  EXPECT_EQ(Waves(spec, models, Limits(20, kOneWave)), prompt_major);
+  models[0].residual_memory_bytes = kOneWave;
+  EXPECT_EQ(Waves(spec, models, Limits(20, kPromptMajor)), 1);
+  // A forward budget no prompt fits: refused before anything runs, naming the budget.
+  models[1].forward_memory_bytes = 1;
+  auto plan = job::BuildPlan(spec, models, Limits(20, kOneWave));
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(plan.status().message().find("forward_memory_bytes"), std::string::npos) << plan.status();
+}
+
 TEST(LayerMajor, PerPromptResultsUnchanged) {
   const auto models = Models();
   job::JobSpec spec = Spec({"rope", "gqa"}, Prompts(), EveryAnalysis());
@@ -224,6 +242,51 @@ TEST(LayerMajor, PrefixReuseGivesIdenticalPerplexitiesAndCountsTheLayersRun) {
   ASSERT_TRUE(r2.ok()) << r2.status();
   EXPECT_EQ(r2->models[0].layers_computed, 4 * forwards);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(tight.All<job::PerplexityResult>()[i].perplexity, a[i].perplexity);
+}
+
+TEST(LayerMajor, PrefixReuseStartsQkDisruptionsAtTheirFirstSelectedLayer) {
+  // L = 4 with a massive Q dim planted from layer 2: the disruption (and its controls, which select as many dims per
+  // layer) first acts at 2, known only once the one wave has left layer 2.
+  const auto model = WithPlantedQ(RandomModel(true, 61, -1, "qk4", /*layers=*/4), 2, "qk4");
+  job::PerplexitySpec ppl;
+  job::QkMassiveDisruption qk;
+  qk.control_seeds = {7, 8};
+  job::QkMassiveDisruption elsewhere = qk;  // identified on other prompts: known after the baseline, no reuse
+  elsewhere.control_seeds = {};
+  elsewhere.identify_on = job::Inputs{};
+  elsewhere.identify_on->token_ids = {{1, 4, 5, 6, 7}, {1, 9, 9, 9}};
+  ppl.interventions = {{"", qk}, {"other", elsewhere}};
+  const job::JobSpec spec = Spec({"qk4"}, Prompts(), {ppl});
+  RecordingSink full, reused;
+  auto r0 = job::RunJob(spec, {model}, Limits(20, kPromptMajor), &full, NoCancel());
+  auto r1 = job::RunJob(spec, {model}, Limits(20, kOneWave), &reused, NoCancel());
+  ASSERT_TRUE(r0.ok() && r1.ok()) << r0.status() << r1.status();
+  const auto a = full.All<job::PerplexityResult>(), b = reused.All<job::PerplexityResult>();
+  ASSERT_EQ(a.size(), 3u);  // baseline, qk_massive (with its 2 controls), other
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_NE(a[1].detail.find(" in 2 layers"), std::string::npos) << a[1].detail;  // layers 2 and 3 only
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].condition, b[i].condition);
+    EXPECT_EQ(a[i].perplexity, b[i].perplexity) << a[i].condition;  // bitwise
+    EXPECT_EQ(a[i].control_perplexities, b[i].control_perplexities) << a[i].condition;
+    if (i > 0) EXPECT_NE(a[i].perplexity, a[0].perplexity) << a[i].condition;
+  }
+  ASSERT_EQ(b[1].control_perplexities.size(), 2u);
+  // Per pack of the job's prompts: baseline, the disruption and 2 controls, other; plus one identify forward (its two
+  // prompts fit one pack). Baseline and identify run all 4 layers; qk_massive and its controls start at layer 2, and
+  // so does "other" (planted from 2 as well): the residual kept for the first serves any intervention acting >= 2.
+  const int64_t forwards = r1->models[0].num_forward_passes, packs = (forwards - 1) / 5;
+  ASSERT_EQ(forwards, 5 * packs + 1);
+  ASSERT_EQ(forwards, r0->models[0].num_forward_passes);
+  EXPECT_EQ(r0->models[0].layers_computed, 4 * forwards);
+  EXPECT_EQ(r1->models[0].layers_computed, packs * (4 + 4 * (4 - 2)) + 4);
+  // Alone, a disruption identified on other prompts is known only after the baseline: nothing was kept for it.
+  ppl.interventions = {{"other", elsewhere}};
+  RecordingSink alone;
+  auto r2 = job::RunJob(Spec({"qk4"}, Prompts(), {ppl}), {model}, Limits(20, kOneWave), &alone, NoCancel());
+  ASSERT_TRUE(r2.ok()) << r2.status();
+  EXPECT_EQ(r2->models[0].layers_computed, 4 * r2->models[0].num_forward_passes);
+  EXPECT_EQ(alone.All<job::PerplexityResult>()[1].perplexity, a[2].perplexity);
 }
 
 TEST(LayerMajor, CancellationStopsAtALayerBoundaryOfTheWave) {

@@ -186,6 +186,18 @@ job::ModelHandle RandomModel(bool rope, uint64_t seed, int64_t zero_mlp_layer, c
   return Wrap(c, std::move(w), name);
 }
 
+job::ModelHandle WithPlantedQ(const job::ModelHandle& h, int64_t from_layer, const std::string& name) {
+  model::LlamaWeights w = h.model->weights();
+  for (size_t l = static_cast<size_t>(from_layer); l < w.layers.size(); ++l) {
+    at::Tensor q = w.layers[l].q_proj.clone();
+    q[1].zero_();
+    q[1][0] = 40.0;
+    w.layers[l].q_proj = q;
+  }
+  if (h.model->config().tie_word_embeddings) w.lm_head = w.embed_tokens;
+  return Wrap(h.model->config(), std::move(w), name);
+}
+
 job::ModelHandle ToBfloat16(const job::ModelHandle& h, const std::string& name) {
   model::LlamaWeights w = h.model->weights();
   model::ForEachTensor(w, [](const std::string&, at::Tensor& t) { t = t.to(at::kBFloat16); });

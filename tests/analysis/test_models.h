@@ -42,6 +42,10 @@ job::ModelHandle OrthogonalEmbeddingModel(bool bos_write, const std::string& nam
 job::ModelHandle RandomModel(bool rope, uint64_t seed, int64_t zero_mlp_layer = -1, const std::string& name = "random",
                              int64_t layers = 3, int64_t vocab = 64, int64_t heads = 2, int64_t kv_heads = 2);
 
+// The same model with one massive pre-rotary Q dim (head 0, dim 1: q_proj row = 40·e₀ᵀ) in layers >= from_layer
+// only: the Q/K disruption at λ = 5 then first acts at from_layer (prefix reuse tests).
+job::ModelHandle WithPlantedQ(const job::ModelHandle& h, int64_t from_layer, const std::string& name);
+
 // The same model with every weight cast to bfloat16 (compute dtype bf16).
 job::ModelHandle ToBfloat16(const job::ModelHandle& h, const std::string& name);
 

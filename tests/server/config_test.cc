@@ -39,9 +39,17 @@ limits: {max_tokens_per_prompt: 512, max_prompts_per_job: 10, max_queued_jobs: 3
   EXPECT_EQ(c->limits.residual_memory_bytes, 0);  // no budget: one wave
   EXPECT_EQ(c->max_request_bytes, 65536);
   EXPECT_FALSE(c->forward_memory_auto);  // given: the server keeps it
+  EXPECT_FALSE(c->residual_memory_auto);
   auto d = ParseServerConfig("models: [{name: a, path: p}]", "/tmp");
   ASSERT_TRUE(d.ok()) << d.status();
-  EXPECT_TRUE(d->forward_memory_auto);  // absent: the server sizes it from its memory
+  EXPECT_TRUE(d->forward_memory_auto);  // absent: the registry sizes them from each model's device
+  EXPECT_TRUE(d->residual_memory_auto);
+  auto e = ParseServerConfig(
+      "models: [{name: a, path: p}]\nlimits: {forward_memory_bytes: auto, residual_memory_bytes: 1048576}", "/tmp");
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_TRUE(e->forward_memory_auto);  // `auto` says so explicitly
+  EXPECT_FALSE(e->residual_memory_auto);
+  EXPECT_EQ(e->limits.residual_memory_bytes, 1 << 20);
 }
 
 TEST(ServerConfig, ErrorsNameTheKey) {
@@ -62,6 +70,10 @@ TEST(ServerConfig, ErrorsNameTheKey) {
       {"models: [{name: a, path: p}]\nlimits: {max_tokens_per_job: 0}", "limits.max_tokens_per_job: 0 out of range"},
       {"models: [{name: a, path: p}]\nlimits: {forward_memory_bytes: -5}", "limits.forward_memory_bytes"},
       {"models: [{name: a, path: p}]\nlimits: {residual_memory_bytes: -1}", "limits.residual_memory_bytes"},
+      {"models: [{name: a, path: p}]\nlimits: {residual_memory_bytes: lots}",
+       "limits.residual_memory_bytes: expected a byte count or auto"},
+      {"models: [{name: a, path: p}]\nlimits: {forward_memory_bytes: [1]}",
+       "limits.forward_memory_bytes: expected a byte count or auto"},
       {"models: [{name: a, path: p}]\nlimits: {max_queued_jobs: many}", "limits.max_queued_jobs: expected an integer"},
       {"models: [{name: 'a b', path: p}]", "models[0].name"},
       {"models: [{name: a, path: p}]\nports: 3", "unknown key 'ports'"},

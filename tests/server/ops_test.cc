@@ -96,13 +96,25 @@ TEST_F(OpsTest, MetricsGaugesTimestampsAndReusedKeys) {
   ASSERT_GT((*s)->metrics().port(), 0);
   auto stub = v1::Sinkscope::NewStub(grpc::CreateChannel((*s)->address(), grpc::InsecureChannelCredentials()));
 
-  // The forward memory budget defaults to half the host's memory, and `info` shows it.
+  // The memory budgets default to shares of the model's device: half (per forward) and a quarter (residual streams)
+  // of the host's memory less the resident weights; `info` says they are per model, the model shows them.
   {
     grpc::ClientContext ctx;
     v1::ServerInfo info;
     ASSERT_TRUE(stub->GetServerInfo(&ctx, {}, &info).ok());
-    EXPECT_EQ(info.limits().forward_memory_bytes(),
-              static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE) / 2);
+    EXPECT_TRUE(info.limits().forward_memory_per_model());
+    EXPECT_TRUE(info.limits().residual_memory_per_model());
+    EXPECT_EQ(info.limits().forward_memory_bytes(), 0);
+    grpc::ClientContext mctx;
+    v1::GetModelRequest mreq;
+    mreq.set_name("m");
+    v1::ModelInfo m;
+    ASSERT_TRUE(stub->GetModel(&mctx, mreq, &m).ok());
+    const int64_t host = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+    EXPECT_EQ(m.device_memory_bytes(), host);
+    ASSERT_GT(m.weight_bytes(), 0);
+    EXPECT_EQ(m.forward_memory_bytes(), (host - m.weight_bytes()) / 2);
+    EXPECT_EQ(m.residual_memory_bytes(), (host - m.weight_bytes()) / 4);
   }
 
   v1::SubmitJobRequest req = TinyJob(42);
