@@ -1,15 +1,22 @@
-// Random in-memory Llama models for the benchmarks (forward_bench, memory_bench): N(0, 1/fan_in) projections,
-// RMSNorm weights 1 + N(0, 0.1²), N(0, 1) embeddings, seeded; nothing is read from disk.
+// Models for the benchmarks: random in-memory Llamas (forward_bench, memory_bench: N(0, 1/fan_in) projections,
+// RMSNorm weights 1 + N(0, 0.1²), N(0, 1) embeddings, seeded; nothing read from disk) and checkpoints loaded as job
+// handles (job_bench, stream_bench).
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/job/model_handle.h"
 #include "common/model/llama.h"
+#include "common/tokenizer/tokenizer.h"
 
 namespace sinkscope::bench {
 
@@ -53,6 +60,24 @@ inline model::LlamaConfig BenchConfig(int64_t layers, int64_t hidden, int64_t he
   c.rms_norm_eps = 1e-5;
   c.max_position_embeddings = max_positions;
   return c;
+}
+
+// Loads each checkpoint directory of a comma-separated list as a job handle named after the directory (with its
+// tokenizer.model when there is one). `digest`: hash the weights (reading a 7B checkpoint twice: off by default).
+inline absl::StatusOr<std::vector<job::ModelHandle>> LoadHandles(const std::string& dirs, const std::string& device,
+                                                                 const std::string& dtype, bool digest = false) {
+  std::vector<job::ModelHandle> handles;
+  for (const std::string& dir : std::vector<std::string>(absl::StrSplit(dirs, ','))) {
+    model::LoadOptions lo;
+    lo.device = device;
+    lo.dtype = dtype;
+    lo.compute_digest = digest;
+    absl::StatusOr<std::shared_ptr<model::LlamaModel>> m = model::LlamaModel::Load(dir, lo);
+    if (!m.ok()) return absl::Status(m.status().code(), absl::StrCat("loading ", dir, ": ", m.status().message()));
+    auto tok = tokenizer::Tokenizer::LoadFromDir(dir);
+    handles.push_back({std::filesystem::path(dir).filename().string(), *m, tok.ok() ? *tok : nullptr});
+  }
+  return handles;
 }
 
 }  // namespace sinkscope::bench

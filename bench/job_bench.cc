@@ -22,6 +22,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_jobs.h"
+#include "bench/bench_model.h"
 #include "bench/bench_report.h"
 #include "bench/bench_util.h"
 #include "common/job/plan.h"
@@ -35,30 +37,6 @@ namespace {
 namespace job = sinkscope::job;
 using sinkscope::bench::Clock;
 using sinkscope::bench::Seconds;
-
-job::JobSpec PhaseSpec(const std::vector<std::string>& names, const std::string& dataset, const std::string& ids_file,
-                       int32_t prompts, int32_t max_tokens, bool qk) {
-  job::JobSpec s;
-  s.models = names;
-  if (ids_file.empty()) {
-    s.inputs.dataset = dataset;
-  } else {
-    std::ifstream in(ids_file);
-    s.inputs.token_ids = nlohmann::json::parse(in).get<std::vector<std::vector<int32_t>>>();
-  }
-  s.inputs.max_prompts = prompts;
-  s.max_tokens = max_tokens;
-  job::PerplexitySpec ppl;
-  ppl.interventions.push_back({"", job::BosMlpAblation{}});
-  if (qk) {
-    job::QkMassiveDisruption d;
-    d.control_seeds = {42, 43, 44};
-    ppl.interventions.push_back({"", d});
-  }
-  s.analyses = {job::SinkRateSpec{}, job::MassiveValuesSpec{}, job::ResidualStatsSpec{}, job::MatrixEntropySpec{},
-                ppl};
-  return s;
-}
 
 // Every summary metric and perplexity of a run, by name.
 std::map<std::string, double> Numbers(const job::Summary& s) {
@@ -95,25 +73,26 @@ int main(int argc, char** argv) {
 
   std::vector<job::ModelHandle> handles;
   std::vector<std::string> names;
-  for (const std::string& dir : std::vector<std::string>(absl::StrSplit(flags["models"], ','))) {
-    sinkscope::model::LoadOptions lo;
-    lo.device = flags["device"];
-    lo.dtype = flags["dtype"];
-    lo.compute_digest = flags["digest"] != "0";  // hashing a 7B checkpoint reads 13.5 GB: off unless asked
-    auto m = sinkscope::model::LlamaModel::Load(dir, lo);
-    if (!m.ok()) {
-      std::cerr << "loading " << dir << ": " << m.status() << "\n";
+  {
+    auto loaded = sinkscope::bench::LoadHandles(flags["models"], flags["device"], flags["dtype"], flags["digest"] != "0");
+    if (!loaded.ok()) {
+      std::cerr << loaded.status().message() << "\n";
       return 1;
     }
-    auto tok = sinkscope::tokenizer::Tokenizer::LoadFromDir(dir);
-    const std::string name = std::filesystem::path(dir).filename().string();
-    handles.push_back({name, *m, tok.ok() ? *tok : nullptr});
-    names.push_back(name);
+    handles = std::move(*loaded);
   }
+  for (const job::ModelHandle& h : handles) names.push_back(h.name);
   const bool qk = flags["suite"] == "phase+qk";
-  const job::JobSpec spec =
-      PhaseSpec(names, flags["dataset"], flags["ids"], static_cast<int32_t>(sinkscope::bench::IntFlag(flags, "prompts")),
-                static_cast<int32_t>(sinkscope::bench::IntFlag(flags, "max-tokens")), qk);
+  job::Inputs inputs;
+  if (flags["ids"].empty()) {
+    inputs.dataset = flags["dataset"];
+  } else {
+    std::ifstream in(flags["ids"]);
+    inputs.token_ids = nlohmann::json::parse(in).get<std::vector<std::vector<int32_t>>>();
+  }
+  inputs.max_prompts = static_cast<int32_t>(sinkscope::bench::IntFlag(flags, "prompts"));
+  const job::JobSpec spec = sinkscope::bench::PhaseSpec(
+      names, inputs, static_cast<int32_t>(sinkscope::bench::IntFlag(flags, "max-tokens")), qk);
   const int64_t repeats = sinkscope::bench::IntFlag(flags, "repeats");
 
   nlohmann::json out;

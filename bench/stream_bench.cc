@@ -25,6 +25,8 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_jobs.h"
+#include "bench/bench_model.h"
 #include "bench/bench_report.h"
 #include "bench/bench_util.h"
 #include "common/job/plan.h"
@@ -45,63 +47,7 @@ double CpuSeconds() {
 }
 using sinkscope::bench::Clock;
 using sinkscope::bench::Seconds;
-
-// Records when each event arrives, seconds after the job started, and every number it carries.
-struct TimingSink : job::EventSink {
-  Clock::time_point t0 = Clock::now();
-  struct Layer {
-    std::string model;
-    int32_t layer;
-    bool partial;
-    int32_t done;
-    double t;
-  };
-  std::vector<Layer> layers;
-  std::map<std::string, double> first_ppl, last_ppl;  // per model
-  std::map<std::string, int32_t> spike;                // per model: the BOS-MLP ablation's resolved layer
-  std::map<std::string, double> numbers;
-  std::map<std::string, double> start;  // per model: its first progress event (its first forward begins)
-
-  void OnProgress(const job::Progress& p) override {
-    if (!start.count(p.model)) start[p.model] = Seconds(t0, Clock::now());
-  }
-
-  void OnLayer(const job::LayerResult& r) override {
-    const double t = Seconds(t0, Clock::now());
-    layers.push_back({r.model, r.layer, r.partial, r.prompts_done, t});
-    if (r.partial) return;
-    const std::string k = absl::StrFormat("%s/L%d/", r.model, r.layer);
-    if (r.sink_rate) numbers[k + "sink"] = r.sink_rate->sink_rate.mean;
-    if (r.residual_stats) numbers[k + "bos"] = r.residual_stats->bos_norm.mean;
-    if (r.matrix_entropy) numbers[k + "entropy"] = r.matrix_entropy->entropy.mean;
-    if (r.massive_values) numbers[k + "massive_q"] = r.massive_values->tensors[0].count.mean;
-  }
-  void OnPerplexity(const job::PerplexityResult& r) override {
-    const double t = Seconds(t0, Clock::now());
-    if (!first_ppl.count(r.model)) first_ppl[r.model] = t;
-    last_ppl[r.model] = t;
-    numbers[r.model + "/ppl/" + r.condition] = r.perplexity;
-    if (r.condition != "baseline") spike[r.model] = r.resolved_layer;
-  }
-  void OnSummary(const job::Summary& s) override {
-    for (const auto& m : s.models)
-      for (const auto& [k, v] : m.metrics) numbers[m.model + "/" + k] = v;
-  }
-};
-
-job::JobSpec PhaseSpec(const std::vector<std::string>& names, const std::string& dataset, int32_t prompts,
-                       int32_t max_tokens) {
-  job::JobSpec s;
-  s.models = names;
-  s.inputs.dataset = dataset;
-  s.inputs.max_prompts = prompts;
-  s.max_tokens = max_tokens;
-  job::PerplexitySpec ppl;
-  ppl.interventions.push_back({"", job::BosMlpAblation{}});
-  s.analyses = {job::SinkRateSpec{}, job::MassiveValuesSpec{}, job::ResidualStatsSpec{}, job::MatrixEntropySpec{},
-                ppl};
-  return s;
-}
+using sinkscope::bench::TimingSink;
 
 }  // namespace
 
@@ -125,23 +71,20 @@ int main(int argc, char** argv) {
   sinkscope::model::SetComputeThreads(static_cast<int>(sinkscope::bench::IntFlag(flags, "threads")));
   std::vector<job::ModelHandle> handles;
   std::vector<std::string> names;
-  for (const std::string& dir : std::vector<std::string>(absl::StrSplit(flags["models"], ','))) {
-    sinkscope::model::LoadOptions lo;
-    lo.device = flags["device"];
-    lo.dtype = flags["dtype"];
-    lo.compute_digest = false;
-    auto m = sinkscope::model::LlamaModel::Load(dir, lo);
-    if (!m.ok()) {
-      std::cerr << "loading " << dir << ": " << m.status() << "\n";
+  {
+    auto loaded = sinkscope::bench::LoadHandles(flags["models"], flags["device"], flags["dtype"], false);
+    if (!loaded.ok()) {
+      std::cerr << loaded.status().message() << "\n";
       return 1;
     }
-    auto tok = sinkscope::tokenizer::Tokenizer::LoadFromDir(dir);
-    const std::string name = std::filesystem::path(dir).filename().string();
-    handles.push_back({name, *m, tok.ok() ? *tok : nullptr});
-    names.push_back(name);
+    handles = std::move(*loaded);
   }
-  const job::JobSpec spec = PhaseSpec(names, flags["dataset"], static_cast<int32_t>(sinkscope::bench::IntFlag(flags, "prompts")),
-                                      static_cast<int32_t>(sinkscope::bench::IntFlag(flags, "max-tokens")));
+  for (const job::ModelHandle& h : handles) names.push_back(h.name);
+  job::Inputs inputs;
+  inputs.dataset = flags["dataset"];
+  inputs.max_prompts = static_cast<int32_t>(sinkscope::bench::IntFlag(flags, "prompts"));
+  const job::JobSpec spec =
+      sinkscope::bench::PhaseSpec(names, inputs, static_cast<int32_t>(sinkscope::bench::IntFlag(flags, "max-tokens")));
   const int64_t repeats = sinkscope::bench::IntFlag(flags, "repeats");
   const std::string load_before = sinkscope::bench::LoadAvg();
   nlohmann::json out;
@@ -205,10 +148,7 @@ int main(int argc, char** argv) {
     const std::vector<double>& totals = bu.totals;
     const std::vector<double>& cpus = bu.cpus;
     if (reference.empty()) reference = best.numbers;
-    double worst = 0;
-    for (const auto& [k, v] : reference)
-      if (best.numbers.count(k) && std::isfinite(v))
-        worst = std::max(worst, std::abs(best.numbers.at(k) - v) / std::max(1.0, std::abs(v)));
+    const double worst = sinkscope::bench::MaxRelDiff(reference, best.numbers);
     nlohmann::json run = {{"residual_memory_bytes", limits.residual_memory_bytes},
                           {"waves", waves},
                           {"forwards", plan->estimate.forwards},
@@ -220,16 +160,14 @@ int main(int argc, char** argv) {
                           {"max_rel_diff_vs_first", worst},
                           {"models", nlohmann::json::array()}};
     for (const std::string& model : names) {
-      double first = -1, last = -1, prev = -1, gap_sum = 0, gap_max = 0;
+      const auto [first, last] = best.FinalLayerTimes(model);
+      double prev = -1, gap_sum = 0, gap_max = 0;
       int gaps = 0, events = 0;
       for (const auto& l : best.layers) {
         if (l.model != model) continue;
         ++events;
         if (prev >= 0) gap_sum += l.t - prev, gap_max = std::max(gap_max, l.t - prev), ++gaps;
         prev = l.t;
-        if (l.partial) continue;
-        if (first < 0) first = l.t;
-        last = l.t;
       }
       run["models"].push_back({{"model", model},
                                {"layer_events", events},

@@ -83,9 +83,10 @@ void ResidualKeeper::AfterLayer(int32_t l, const analysis::ResidualStats* resid,
   if (ident != nullptr)
     for (QkTrack& t : qk_)
       if (t.first < 0 && ident->SelectsInLayer(l, t.lambda, t.scope, t.q, t.k)) t.first = l;
-  // Layers below l are final here; l itself may still wait for the final norm (last layer), or be the layer a
-  // search goes on from, so it stays.
-  DropAllBut(Wanted(resid, l), l);
+  // Layers up to l are final here, except the last one, whose statistics may still wait for the final norm: what no
+  // intervention wants among them goes now, so that tracking holds at most the spike so far and the layer running.
+  const int32_t final_below = l + 1 < cfg_.num_hidden_layers ? l + 1 : l;
+  DropAllBut(Wanted(resid, l), final_below);
 }
 
 void ResidualKeeper::EndBaseline(const analysis::ResidualStats* resid) {

@@ -2,6 +2,7 @@
 """Writes OUT/gpu.md and OUT/results.json from what deploy/gpu-check.sh left in its work dir (any subset: it is
 called after every step, so a run cut short still reports what finished)."""
 import argparse
+import datetime
 import glob
 import json
 import os
@@ -53,6 +54,47 @@ def g(d, k, default=None):
         if cand in d:
             return d[cand]
     return default
+
+
+def seconds(ts):
+    """Seconds since the epoch of a protobuf-JSON Timestamp ("2026-12-01T06:44:17.842548Z"), or None."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z$", ts or "")
+    if not m:
+        return None
+    return datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(
+        tzinfo=datetime.timezone.utc).timestamp() + float(m.group(2) or 0)
+
+
+def streaming(ev):
+    """Per model, when its final layer events arrived (server timestamps), from its first progress event (its first
+    forward begins) to its first perplexity event (its baseline is done): layers stream at the pace they are computed
+    when the first comes after ~1/L of that span and the gaps are even."""
+    out = {}
+    for e in ev:
+        t = seconds(e.get("time"))
+        if t is None:
+            continue
+        for kind in ("progress", "layer", "perplexity"):
+            if kind in e:
+                m = out.setdefault(e[kind].get("model", ""), {"start": None, "layers": [], "baseline_done": None})
+                if kind == "progress" and m["start"] is None:
+                    m["start"] = t
+                if kind == "layer" and not e["layer"].get("partial") and int(e["layer"].get("layer", 0)) >= 0:
+                    m["layers"].append(t)
+                if kind == "perplexity" and m["baseline_done"] is None:
+                    m["baseline_done"] = t
+    res = {}
+    for model, m in out.items():
+        if not model or m["start"] is None or len(m["layers"]) < 2:
+            continue
+        rel = [t - m["start"] for t in m["layers"]]
+        gaps = [b - a for a, b in zip(rel, rel[1:])]
+        mean_gap = sum(gaps) / len(gaps)
+        res[model] = {"layers": len(rel), "first_s": rel[0], "last_s": rel[-1], "first_over_last": rel[0] / rel[-1]
+                      if rel[-1] > 0 else None, "mean_gap_s": mean_gap, "max_gap_s": max(gaps),
+                      "max_over_mean_gap": max(gaps) / mean_gap if mean_gap > 0 else None,
+                      "baseline_s": (m["baseline_done"] - m["start"]) if m["baseline_done"] else None}
+    return res
 
 
 def flops_per_token(cfg, T):
@@ -135,6 +177,7 @@ def main():
             if peak.get("bf16_matmul_tflops"):
                 b["percent_of_bf16_peak"] = 100 * b["model_tflops"] / peak["bf16_matmul_tflops"]
     res["bench"]["sinkscope"] = b
+    res["bench"]["streaming"] = streaming(ev)
     hf = load(os.path.join(W, "bench", "hf.json"), {})
     res["bench"]["hf"] = hf
     with open(os.path.join(a.out, "results.json"), "w") as f:
@@ -199,6 +242,18 @@ def main():
             L.append(f"| peak GPU memory used (nvidia-smi, whole GPU) | {b['peak_gpu_memory_mib'] / 1024:.1f} GiB |")
     else:
         L.append("sinkscope bench not run or no summary (see the steps table).\n")
+    if res["bench"]["streaming"]:
+        L.append("\nLayer-wise streaming (same job; server timestamps of each model's final layer events, from its "
+                 "first forward): with one wave every layer's result is sent as the wave leaves the layer, so the "
+                 "first arrives after about 1/L of the baseline and the gaps are even.\n")
+        L.append("| model | layer events | first (s) | last (s) | first/last | mean gap (ms) | max/mean gap | "
+                 "baseline done (s) |\n|---|---|---|---|---|---|---|---|")
+        for model, st in res["bench"]["streaming"].items():
+            fol = st["first_over_last"]
+            L.append(f"| {model} | {st['layers']} | {st['first_s']:.3f} | {st['last_s']:.3f} | "
+                     f"{'%.3f' % fol if fol is not None else 'n/a'} | {1000 * st['mean_gap_s']:.1f} | "
+                     f"{'%.1f' % st['max_over_mean_gap'] if st['max_over_mean_gap'] else 'n/a'} | "
+                     f"{'%.3f' % st['baseline_s'] if st['baseline_s'] is not None else 'n/a'} |")
     if hf.get("ways"):
         L.append(f"\nHugging Face transformers {hf.get('transformers')} (torch {hf.get('torch')}), same models and "
                  f"dtype, timed on {hf.get('prompts')} of the {hf.get('prompts_available')} prompts:\n")
