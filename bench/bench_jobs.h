@@ -89,6 +89,13 @@ struct TimingSink : job::EventSink {
   }
 };
 
+// A residual memory budget as the reports name it.
+inline std::string ResidualBudgetLabel(int64_t bytes) {
+  if (bytes == 0) return "0 (one wave)";
+  if (bytes == 1) return "1 B (prompt-major)";
+  return absl::StrFormat("%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+}
+
 // Largest |b − a| / max(1, |a|) over the finite numbers of `a` that `b` has too.
 inline double MaxRelDiff(const std::map<std::string, double>& a, const std::map<std::string, double>& b) {
   double worst = 0;

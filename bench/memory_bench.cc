@@ -9,6 +9,8 @@
 // TuneMallocForTensors) does not hide the next one's peak. Reported per run:
 //   peak growth     = VmHWM during the job − VmRSS before it (model loaded, plan built; VmHWM reset through
 //                     /proc/self/clear_refs), the memory the job itself needed at its peak;
+//   live at events  = the most malloc had handed out (mallinfo2: in use, heap holes excluded) at any event of the
+//                     job — layer boundaries, progress, perplexities — less what it had before the job;
 //   carried         = the planner's ResidualBytes for the largest wave (what the wave carries between layers);
 //   forward         = the planner's ForwardBytes for the largest pack (one forward's activations at its peak);
 //   the job's time (cold, and warm: a second run), the first and last final layer event of the warm run, waves,
@@ -22,6 +24,7 @@
 // --tune-malloc=1 runs with the server's malloc settings (model::TuneMallocForTensors: freed memory stays in the
 // heap, so peaks include fragmentation); 0 with glibc's defaults (large blocks mmapped and returned at once).
 #include <ATen/ATen.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -58,6 +61,21 @@ std::vector<std::vector<int32_t>> RandomPrompts(int64_t n, int64_t T, int64_t vo
   }
   return out;
 }
+
+// Bytes malloc has handed out and not had back (heap + mmapped blocks): what is live, without the heap's free holes.
+int64_t MallocInUse() {
+  const struct mallinfo2 mi = mallinfo2();
+  return static_cast<int64_t>(mi.uordblks + mi.hblkhd);
+}
+
+// The timing sink that also samples the live heap at every event (layer boundaries, progress, perplexities).
+struct SamplingSink : bench::TimingSink {
+  int64_t max_in_use = 0;
+  void Sample() { max_in_use = std::max(max_in_use, MallocInUse()); }
+  void OnProgress(const job::Progress& p) override { Sample(), TimingSink::OnProgress(p); }
+  void OnLayer(const job::LayerResult& r) override { Sample(), TimingSink::OnLayer(r); }
+  void OnPerplexity(const job::PerplexityResult& r) override { Sample(), TimingSink::OnPerplexity(r); }
+};
 
 // One (T, budget) run in this process; prints one JSON line to stdout.
 int Child(std::map<std::string, std::string>& flags) {
@@ -108,9 +126,9 @@ int Child(std::map<std::string, std::string>& flags) {
   for (const auto& [w, tokens] : wave_tokens) carried = std::max(carried, job::ResidualBytes(c, tokens, 4));
 
   auto run = [&](bench::TimingSink* sink) { return job::Execute(*plan, sink, [] { return absl::OkStatus(); }); };
-  const int64_t rss0 = bench::StatusKb("VmRSS:");
+  const int64_t rss0 = bench::StatusKb("VmRSS:"), in_use0 = MallocInUse();
   const bool reset = bench::ResetPeakRss();
-  bench::TimingSink cold;
+  SamplingSink cold;
   auto s = run(&cold);
   const int64_t hwm = bench::StatusKb("VmHWM:");
   if (!s.ok()) {
@@ -135,6 +153,7 @@ int Child(std::map<std::string, std::string>& flags) {
                         {"layers_computed", s->models[0].layers_computed},
                         {"rss_before_mib", rss0 / 1024.0},
                         {"peak_growth_mib", reset ? (hwm - rss0) / 1024.0 : -1.0},
+                        {"live_at_events_mib", (cold.max_in_use - in_use0) / kMiB},
                         {"carried_est_mib", carried / kMiB},
                         {"forward_est_mib", forward_est / kMiB},
                         {"cold_s", cold_s},
@@ -229,29 +248,31 @@ int main(int argc, char** argv) {
       flags["layers"], flags["hidden"], flags["heads"], flags["intermediate"], flags["vocab"], flags["tokens"],
       flags["pack-tokens"]);
   md << "| T | prompts | residual budget | waves | forwards | layers computed | RSS before (MiB) | peak growth (MiB) | "
-        "carried, planner (MiB) | forward, planner (MiB) | cold (s) | warm (s) | first final layer (s) | last final "
+        "live at events (MiB) | carried, planner (MiB) | forward, planner (MiB) | cold (s) | warm (s) | first final layer (s) | last final "
         "layer (s) | max rel. diff |\n";
-  md << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  md << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& r : out["runs"]) {
-    const std::string b = r["budget"].get<std::string>();
-    const std::string budget = b == "0"     ? "0 (one wave)"
-                               : b == "1"   ? "1 B (prompt-major)"
-                               : b == "half" ? absl::StrFormat("%.1f MiB (half)", r["residual_memory_bytes"].get<int64_t>() / kMiB)
-                                             : b;
-    md << absl::StrFormat("| %d | %d | %s | %d | %d | %d | %.0f | %.0f | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %.1e |\n",
+    const std::string budget = bench::ResidualBudgetLabel(r["residual_memory_bytes"].get<int64_t>()) +
+                               (r["budget"] == "half" ? " (half)" : "");
+    md << absl::StrFormat("| %d | %d | %s | %d | %d | %d | %.0f | %.0f | %.0f | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f "
+                          "| %.1e |\n",
                           r["length"].get<int64_t>(), r["prompts"].get<int64_t>(), budget, r["waves"].get<int>(),
                           r["forwards"].get<int64_t>(), r["layers_computed"].get<int64_t>(),
                           r["rss_before_mib"].get<double>(), r["peak_growth_mib"].get<double>(),
+                          r["live_at_events_mib"].get<double>(),
                           r["carried_est_mib"].get<double>(), r["forward_est_mib"].get<double>(),
                           r["cold_s"].get<double>(), r["warm_s"].get<double>(), r["first_final_layer_s"].get<double>(),
                           r["last_final_layer_s"].get<double>(), r["max_rel_diff_vs_first"].get<double>());
   }
   md << "\n'peak growth' is VmHWM during the job's first (cold) run minus VmRSS before it: the memory the job needed "
-        "beyond the loaded model and its plan. 'carried' is the planner's estimate of the residual streams the largest "
+        "beyond the loaded model and its plan. 'live at events' is the most malloc had handed out (heap holes "
+        "excluded) at any event of that run — layer boundaries, not inside a layer — less what it had before. "
+        "'carried' is the planner's estimate of the residual streams the largest "
         "wave carries between layers (prompt-major: one forward's); 'forward' its estimate of one forward's "
-        "activations at their peak. The difference between the one-wave and the prompt-major peak is what running "
-        "layer-major costs; it stays near the carried estimate plus the residual kept for the BOS-MLP ablation. "
-        "'first/last final layer' are seconds from the start of the warm run. max rel. diff is the largest "
+        "activations at their peak. What running layer-major costs shows in 'live at events': the one wave's "
+        "carried residuals beyond one forward's, plus the residuals kept while the spike layer is tracked (at most "
+        "two layers') for the BOS-MLP ablation; 'peak growth' adds the heap's holes (long-lived residuals allocated "
+        "between a layer's temporaries). 'first/last final layer' are seconds from the start of the warm run. max rel. diff is the largest "
         "|x − x₀| / max(1, |x₀|) over every number of the job against the prompt-major run of the same T.\n";
   std::cerr << "wrote " << dir << "/" << name << ".md and " << name << ".json\n";
   return 0;

@@ -212,8 +212,7 @@ int main(int argc, char** argv) {
         "first ppl (s) | total best (s) | total median (s) | CPU best (s) | CPU median (s) | max rel. diff |\n";
   md << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& r : out["runs"]) {
-    const int64_t bytes = r["residual_memory_bytes"].get<int64_t>();
-    const std::string budget = bytes == 0 ? "0 (one wave)" : bytes == 1 ? "1 B (prompt-major)" : std::to_string(bytes);
+    const std::string budget = sinkscope::bench::ResidualBudgetLabel(r["residual_memory_bytes"].get<int64_t>());
     for (const auto& m : r["models"])
       md << absl::StrFormat(
           "| %s | %d | %d | %s | %.3f | %.3f | %.3f | %.3f | %.2f | %.2f | %.4f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f "

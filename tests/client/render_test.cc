@@ -260,6 +260,35 @@ TEST(Progress, EnabledLineIsClearedWhenDone) {
   EXPECT_TRUE(absl::StrContains(s, "\r\033[KOUTPUT\n"));
 }
 
+TEST(Table, MemoryBudgetsSizedPerModelOrFixed) {
+  v1::ServerInfo info;
+  info.set_version("0.1.0");
+  info.mutable_limits()->set_residual_memory_per_model(true);
+  info.mutable_limits()->set_forward_memory_per_model(true);
+  std::ostringstream a;
+  RenderServerInfo(info, RenderOptions{Format::kTable, false}, a);
+  EXPECT_TRUE(absl::StrContains(a.str(), "residual budget per model, from its device")) << a.str();
+  EXPECT_TRUE(absl::StrContains(a.str(), "per forward: activation memory sized per model")) << a.str();
+  info.mutable_limits()->set_residual_memory_per_model(false);
+  info.mutable_limits()->set_forward_memory_per_model(false);
+  info.mutable_limits()->set_forward_memory_bytes(int64_t{3} << 30);
+  std::ostringstream b;
+  RenderServerInfo(info, RenderOptions{Format::kTable, false}, b);
+  EXPECT_TRUE(absl::StrContains(b.str(), "residual budget none (one wave)")) << b.str();  // fixed 0: one wave
+  EXPECT_TRUE(absl::StrContains(b.str(), "per forward: 3.00 GiB of activations at most")) << b.str();
+
+  v1::ModelInfo m;
+  m.set_name("tiny-rope");
+  m.set_state(v1::MODEL_STATE_READY);
+  m.set_forward_memory_bytes(int64_t{6} << 30);
+  m.set_residual_memory_bytes(int64_t{3} << 30);
+  m.set_device_memory_bytes(int64_t{24} << 30);
+  std::ostringstream c;
+  RenderModel(m, RenderOptions{Format::kTable, false}, c);
+  EXPECT_TRUE(absl::StrContains(c.str(), "memory: per forward 6.00 GiB, residual 3.00 GiB, device 24.00 GiB"))
+      << c.str();
+}
+
 TEST(ExitCodes, Documented) {
   EXPECT_EQ(ExitCodeFor(grpc::StatusCode::UNAVAILABLE), 3);
   EXPECT_EQ(ExitCodeFor(grpc::StatusCode::UNAUTHENTICATED), 3);
