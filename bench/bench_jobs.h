@@ -101,7 +101,8 @@ inline double MaxRelDiff(const std::map<std::string, double>& a, const std::map<
   double worst = 0;
   for (const auto& [k, v] : a) {
     auto it = b.find(k);
-    if (it != b.end() && std::isfinite(v)) worst = std::max(worst, std::abs(it->second - v) / std::max(1.0, std::abs(v)));
+    if (it != b.end() && std::isfinite(v))
+      worst = std::max(worst, std::abs(it->second - v) / std::max(1.0, std::abs(v)));
   }
   return worst;
 }

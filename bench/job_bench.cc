@@ -74,7 +74,8 @@ int main(int argc, char** argv) {
   std::vector<job::ModelHandle> handles;
   std::vector<std::string> names;
   {
-    auto loaded = sinkscope::bench::LoadHandles(flags["models"], flags["device"], flags["dtype"], flags["digest"] != "0");
+    auto loaded =
+        sinkscope::bench::LoadHandles(flags["models"], flags["device"], flags["dtype"], flags["digest"] != "0");
     if (!loaded.ok()) {
       std::cerr << loaded.status().message() << "\n";
       return 1;

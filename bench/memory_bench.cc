@@ -247,15 +247,15 @@ int main(int argc, char** argv) {
       "process.\n\n",
       flags["layers"], flags["hidden"], flags["heads"], flags["intermediate"], flags["vocab"], flags["tokens"],
       flags["pack-tokens"]);
-  md << "| T | prompts | residual budget | waves | forwards | layers computed | RSS before (MiB) | peak growth (MiB) | "
-        "live at events (MiB) | carried, planner (MiB) | forward, planner (MiB) | cold (s) | warm (s) | first final layer (s) | last final "
-        "layer (s) | max rel. diff |\n";
+  md << "| T | prompts | residual budget | waves | forwards | layers computed | RSS before (MiB) | "
+        "peak growth (MiB) | live at events (MiB) | carried, planner (MiB) | forward, planner (MiB) | cold (s) | "
+        "warm (s) | first final layer (s) | last final layer (s) | max rel. diff |\n";
   md << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& r : out["runs"]) {
     const std::string budget = bench::ResidualBudgetLabel(r["residual_memory_bytes"].get<int64_t>()) +
                                (r["budget"] == "half" ? " (half)" : "");
-    md << absl::StrFormat("| %d | %d | %s | %d | %d | %d | %.0f | %.0f | %.0f | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f "
-                          "| %.1e |\n",
+    md << absl::StrFormat("| %d | %d | %s | %d | %d | %d | %.0f | %.0f | %.0f | %.1f | %.1f | %.2f | %.2f | %.2f "
+                          "| %.2f | %.1e |\n",
                           r["length"].get<int64_t>(), r["prompts"].get<int64_t>(), budget, r["waves"].get<int>(),
                           r["forwards"].get<int64_t>(), r["layers_computed"].get<int64_t>(),
                           r["rss_before_mib"].get<double>(), r["peak_growth_mib"].get<double>(),
@@ -271,9 +271,10 @@ int main(int argc, char** argv) {
         "wave carries between layers (prompt-major: one forward's); 'forward' its estimate of one forward's "
         "activations at their peak. What running layer-major costs shows in 'live at events': the one wave's "
         "carried residuals beyond one forward's, plus the residuals kept while the spike layer is tracked (at most "
-        "two layers') for the BOS-MLP ablation; 'peak growth' adds the heap's holes (long-lived residuals allocated "
-        "between a layer's temporaries). 'first/last final layer' are seconds from the start of the warm run. max rel. diff is the largest "
-        "|x − x₀| / max(1, |x₀|) over every number of the job against the prompt-major run of the same T.\n";
+        "two layers') for the BOS-MLP ablation; 'peak growth' also holds a layer's temporaries and, most likely, "
+        "the heap's holes around long-lived residuals allocated between them. 'first/last final layer' are seconds "
+        "from the start of the warm run. max rel. diff is the largest |x − x₀| / max(1, |x₀|) over every number of "
+        "the job against the prompt-major run of the same T.\n";
   std::cerr << "wrote " << dir << "/" << name << ".md and " << name << ".json\n";
   return 0;
 }
