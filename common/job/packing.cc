@@ -37,8 +37,9 @@ absl::Status PackPrompts(const model::LlamaConfig& c, const std::vector<int64_t>
     std::vector<int64_t> pack = {lengths[first]};
     if (budget.bytes > 0 && ForwardBytes(c, pack, elem, kChunk) > budget.bytes)
       return absl::FailedPreconditionError(absl::StrFormat(
-          "prompt %d (%d tokens) needs about %.2f GiB of activations in one forward, more than the server's "
-          "forward_memory_bytes=%.2f GiB: it can never run (shorten it with max_tokens)",
+          "prompt %d (%d tokens) needs about %.2f GiB of activations in one forward, more than the model's budget "
+          "forward_memory_bytes=%.2f GiB (sinkscope model NAME shows it): it can never run (shorten it with "
+          "max_tokens)",
           first, lengths[first], ForwardBytes(c, pack, elem, kChunk) / double(1 << 30), budget.bytes / double(1 << 30)));
     int64_t tokens = lengths[first];
     while (first + static_cast<int32_t>(pack.size()) < n) {
