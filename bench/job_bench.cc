@@ -128,10 +128,7 @@ int main(int argc, char** argv) {
       numbers = Numbers(*s);
     }
     if (reference.empty()) reference = numbers;
-    double worst = 0;
-    for (const auto& [k, v] : reference)
-      if (numbers.count(k) && std::isfinite(v))
-        worst = std::max(worst, std::abs(numbers.at(k) - v) / std::max(1.0, std::abs(v)));
+    const double worst = sinkscope::bench::MaxRelDiff(reference, numbers);
     const double best = *std::min_element(times.begin(), times.end());
     if (unpacked_best == 0) unpacked_best = best;  // the first budget is the reference
     const double tokens = static_cast<double>(plan->estimate.tokens);

@@ -45,14 +45,7 @@ class Client {
     EXPECT_TRUE(reader->Finish().ok()) << id;
     return out;
   }
-  v1::Job Get(const std::string& id) {
-    grpc::ClientContext ctx;
-    v1::GetJobRequest req;
-    req.set_job_id(id);
-    v1::Job j;
-    EXPECT_TRUE(stub_->GetJob(&ctx, req, &j).ok()) << id;
-    return j;
-  }
+  v1::Job Get(const std::string& id) { return sinkscope::server_test::GetJobOk(stub_.get(), id); }
 
  private:
   std::unique_ptr<v1::Sinkscope::Stub> stub_;

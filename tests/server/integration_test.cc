@@ -24,7 +24,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 #include "server/server.h"
 #include "sinkscope/v1/service.grpc.pb.h"
 #include "tests/server/test_util.h"
@@ -38,6 +37,8 @@ namespace {
 constexpr int kLayers = 3;
 
 
+using sinkscope::server_test::ExpectHealth;
+using sinkscope::server_test::GetJobOk;
 using sinkscope::server_test::MakeModel;
 using sinkscope::server_test::Shell;
 
@@ -118,14 +119,7 @@ class ServerTest : public testing::Test {
     return evs;
   }
 
-  v1::Job Get(const std::string& id) {
-    grpc::ClientContext ctx;
-    v1::GetJobRequest req;
-    req.set_job_id(id);
-    v1::Job j;
-    EXPECT_TRUE(stub_->GetJob(&ctx, req, &j).ok());
-    return j;
-  }
+  v1::Job Get(const std::string& id) { return GetJobOk(stub_.get(), id); }
 
   static fs::path* dir_;
   std::unique_ptr<Server> server_;
@@ -137,19 +131,11 @@ fs::path* ServerTest::dir_ = nullptr;
 TEST_F(ServerTest, HealthSaysWhichModelsServe) {
   // The configured "broken" model failed to load: the server is NOT_SERVING as a whole (probes must notice a
   // misconfigured server), while the per-model names say which models do serve.
-  auto health = grpc::health::v1::Health::NewStub(channel_);
-  for (const auto& [svc, serving] : std::vector<std::pair<std::string, bool>>{{"", false},
-                                                                            {"sinkscope.v1.Sinkscope", false},
-                                                                            {"sinkscope.v1.Sinkscope/tiny-rope", true},
-                                                                            {"sinkscope.v1.Sinkscope/tiny-nope", true},
-                                                                            {"sinkscope.v1.Sinkscope/broken", false}}) {
-    grpc::ClientContext ctx;
-    grpc::health::v1::HealthCheckRequest req;
-    req.set_service(svc);
-    grpc::health::v1::HealthCheckResponse resp;
-    ASSERT_TRUE(health->Check(&ctx, req, &resp).ok()) << svc;
-    EXPECT_EQ(resp.status() == grpc::health::v1::HealthCheckResponse::SERVING, serving) << svc;
-  }
+  ExpectHealth(channel_, {{"", false},
+                          {"sinkscope.v1.Sinkscope", false},
+                          {"sinkscope.v1.Sinkscope/tiny-rope", true},
+                          {"sinkscope.v1.Sinkscope/tiny-nope", true},
+                          {"sinkscope.v1.Sinkscope/broken", false}});
 }
 
 TEST_F(ServerTest, ReflectionListsTheService) {

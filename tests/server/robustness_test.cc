@@ -9,7 +9,6 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 #include "server/server.h"
 #include "sinkscope/v1/service.grpc.pb.h"
 #include "common/util/status_macros.h"
@@ -129,17 +128,11 @@ TEST_F(RobustnessTest, BadWeightsFailTheirModelNamingTheTensorAndTheOthersServe)
   EXPECT_EQ(extra_info->state(), v1::MODEL_STATE_FAILED);
   EXPECT_NE(extra_info->error().find("num_hidden_layers=2"), std::string::npos) << extra_info->error();
   // Health: NOT_SERVING overall while a configured model is FAILED; per-model names tell which.
-  auto health = grpc::health::v1::Health::NewStub(grpc::CreateChannel(r.server->address(), grpc::InsecureChannelCredentials()));
-  for (const auto& [svc, want] : std::vector<std::pair<std::string, bool>>{
-           {"", false}, {"sinkscope.v1.Sinkscope", false}, {"sinkscope.v1.Sinkscope/good", true},
-           {"sinkscope.v1.Sinkscope/nan", false}}) {
-    grpc::ClientContext ctx;
-    grpc::health::v1::HealthCheckRequest req;
-    req.set_service(svc);
-    grpc::health::v1::HealthCheckResponse resp;
-    ASSERT_TRUE(health->Check(&ctx, req, &resp).ok()) << svc;
-    EXPECT_EQ(resp.status() == grpc::health::v1::HealthCheckResponse::SERVING, want) << svc;
-  }
+  ExpectHealth(grpc::CreateChannel(r.server->address(), grpc::InsecureChannelCredentials()),
+               {{"", false},
+                {"sinkscope.v1.Sinkscope", false},
+                {"sinkscope.v1.Sinkscope/good", true},
+                {"sinkscope.v1.Sinkscope/nan", false}});
   auto done = Run(r.stub.get(), IdsJob("good", {1, 40, 41, 42}));
   ASSERT_TRUE(done.ok()) << done.status();
   EXPECT_EQ(done->finished().state(), v1::JOB_STATE_SUCCEEDED);

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace fs = std::filesystem;
 
@@ -42,6 +43,29 @@ absl::StatusOr<std::string> SubmitSpec(sinkscope::v1::Sinkscope::Stub* stub, con
   const grpc::Status st = stub->SubmitJob(&ctx, req, &resp);
   if (!st.ok()) return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
   return resp.job_id();
+}
+
+sinkscope::v1::Job GetJobOk(sinkscope::v1::Sinkscope::Stub* stub, const std::string& id) {
+  grpc::ClientContext ctx;
+  sinkscope::v1::GetJobRequest req;
+  req.set_job_id(id);
+  sinkscope::v1::Job j;
+  const grpc::Status st = stub->GetJob(&ctx, req, &j);
+  EXPECT_TRUE(st.ok()) << id << ": " << st.error_message();
+  return j;
+}
+
+void ExpectHealth(const std::shared_ptr<grpc::Channel>& channel,
+                  const std::vector<std::pair<std::string, bool>>& serving) {
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  for (const auto& [svc, want] : serving) {
+    grpc::ClientContext ctx;
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service(svc);
+    grpc::health::v1::HealthCheckResponse resp;
+    ASSERT_TRUE(health->Check(&ctx, req, &resp).ok()) << svc;
+    EXPECT_EQ(resp.status() == grpc::health::v1::HealthCheckResponse::SERVING, want) << svc;
+  }
 }
 
 void MakeModel(const fs::path& dir, const std::string& attention, int seed) {

@@ -4,7 +4,9 @@
 #include <sys/types.h>
 
 #include <filesystem>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -18,6 +20,13 @@ std::string Shell(const std::string& cmd, int* rc = nullptr);
 // SubmitJob with an optional idempotency key: the job id, or the call's status (same code and message).
 absl::StatusOr<std::string> SubmitSpec(sinkscope::v1::Sinkscope::Stub* stub, const sinkscope::v1::JobSpec& spec,
                                        const std::string& idempotency_key = "");
+
+// GetJob, expected to succeed (a failure is reported with the id).
+sinkscope::v1::Job GetJobOk(sinkscope::v1::Sinkscope::Stub* stub, const std::string& id);
+
+// Asks grpc.health.v1 on `channel` about each service name and expects SERVING exactly where the pair says true.
+void ExpectHealth(const std::shared_ptr<grpc::Channel>& channel,
+                  const std::vector<std::pair<std::string, bool>>& serving);
 
 // A random tiny Llama checkpoint (tests/reference/make_tiny_llama.py: 3 layers, d=64, GQA 4/2, vocab 4096,
 // context 512, 2 shards) with the shipped tokenizer. attention: rope | nope | qk_norm_nope ...
