@@ -85,9 +85,9 @@ void Registry::Load(std::shared_ptr<Registry> self, size_t i) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   int64_t device_total = 0;
   if (st.ok()) {
-    absl::StatusOr<model::DeviceMemory> mem = model::QueryDeviceMemory((*m)->device());
+    absl::StatusOr<int64_t> mem = model::DeviceMemoryBytes((*m)->device());
     if (mem.ok())
-      device_total = mem->total;
+      device_total = *mem;
     else
       spdlog::warn("model {}: cannot size its memory budgets from the device: {}", cfg.name, mem.status().ToString());
   }

@@ -18,7 +18,7 @@ namespace sinkscope::server {
 
 // Each model's memory budgets (job::ModelHandle, ModelInfo): a fixed number of bytes each, or (auto) a share of
 // what the model's device leaves beside the weights of every READY model on it — device memory as
-// model::QueryDeviceMemory reads it (host memory for cpu). Re-sized whenever a model becomes ready. A device that
+// model::DeviceMemoryBytes reads it (host memory for cpu). Re-sized whenever a model becomes ready. A device that
 // cannot be asked gets `fallback_*`.
 struct MemoryPolicy {
   bool forward_auto = true;

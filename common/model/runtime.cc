@@ -3,11 +3,11 @@
 
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <c10/core/Device.h>
 #include <dlfcn.h>
 #include <unistd.h>
 #include <torch/csrc/api/include/torch/version.h>
 
-#include <fstream>
 #include <limits>
 #include <thread>
 
@@ -15,7 +15,6 @@
 #include <malloc.h>
 #endif
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace sinkscope::model {
@@ -33,32 +32,19 @@ int ComputeThreads() { return at::get_num_threads(); }
 
 bool CudaAvailable() { return at::hasCUDA(); }
 
-namespace {
-
-// MemAvailable from /proc/meminfo (bytes), or -1.
-int64_t HostMemAvailable() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  int64_t kib = 0;
-  std::string unit;
-  while (in >> key >> kib >> unit)
-    if (key == "MemAvailable:") return kib * 1024;
-  return -1;
-}
-
-}  // namespace
-
-absl::StatusOr<DeviceMemory> QueryDeviceMemory(const std::string& device) {
-  DeviceMemory m;
-  if (device == "cpu") {
-    m.total = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
-    m.free = HostMemAvailable();
-    if (m.total <= 0 || m.free < 0) return absl::UnavailableError("cpu: cannot read the host's memory size");
-    return m;
-  }
-  int index = 0;
-  if (device != "cuda" && !(device.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(device.substr(5), &index) && index >= 0))
+absl::StatusOr<int64_t> DeviceMemoryBytes(const std::string& device) {
+  at::Device dev(at::kCPU);
+  try {
+    dev = at::Device(device);
+  } catch (const c10::Error&) {
     return absl::InvalidArgumentError(absl::StrCat("device \"", device, "\": expected cpu, cuda or cuda:N"));
+  }
+  if (dev.is_cpu()) {
+    const int64_t total = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+    if (total <= 0) return absl::UnavailableError("cpu: cannot read the host's memory size");
+    return total;
+  }
+  if (!dev.is_cuda()) return absl::InvalidArgumentError(absl::StrCat("device \"", device, "\": not cpu or cuda"));
   if (!at::hasCUDA()) return absl::FailedPreconditionError(absl::StrCat(device, ": this LibTorch has no CUDA"));
   // The CUDA runtime is loaded with libtorch_cuda; its entry points are looked up rather than linked, so that this
   // file builds against a CPU-only LibTorch too. Error codes: 0 = cudaSuccess.
@@ -72,14 +58,13 @@ absl::StatusOr<DeviceMemory> QueryDeviceMemory(const std::string& device) {
     return absl::UnavailableError(absl::StrCat(device, ": the CUDA runtime's cudaMemGetInfo is not loaded"));
   int previous = 0;
   if (get(&previous) != 0) return absl::UnavailableError(absl::StrCat(device, ": cudaGetDevice failed"));
+  const int index = dev.has_index() ? dev.index() : previous;  // "cuda": the current device
   if (set(index) != 0) return absl::UnavailableError(absl::StrCat(device, ": cudaSetDevice failed"));
   size_t free_bytes = 0, total_bytes = 0;
   const int rc = info(&free_bytes, &total_bytes);
   set(previous);
   if (rc != 0) return absl::UnavailableError(absl::StrCat(device, ": cudaMemGetInfo failed (error ", rc, ")"));
-  m.total = static_cast<int64_t>(total_bytes);
-  m.free = static_cast<int64_t>(free_bytes);
-  return m;
+  return static_cast<int64_t>(total_bytes);
 }
 
 std::string TorchVersion() { return TORCH_VERSION; }

@@ -15,14 +15,10 @@ void SetComputeThreads(int n);
 int ComputeThreads();  // torch::get_num_threads()
 bool CudaAvailable();  // LibTorch built with CUDA and a device present
 
-// Memory of a device ("cpu", "cuda", "cuda:N"), in bytes: total and free now. cpu: physical memory and
-// MemAvailable (/proc/meminfo); cuda: cudaMemGetInfo of that device, looked up in the CUDA runtime LibTorch has
-// loaded (no CUDA headers are needed to build this). Fails with a reason when the device cannot be asked.
-struct DeviceMemory {
-  int64_t total = 0;
-  int64_t free = 0;
-};
-absl::StatusOr<DeviceMemory> QueryDeviceMemory(const std::string& device);
+// Total memory of a device ("cpu", "cuda", "cuda:N"), in bytes: the host's physical memory for cpu; for cuda,
+// cudaMemGetInfo's total of that device, looked up in the CUDA runtime LibTorch has loaded (no CUDA headers are
+// needed to build this). Fails with a reason when the device cannot be asked.
+absl::StatusOr<int64_t> DeviceMemoryBytes(const std::string& device);
 
 // Process-wide glibc malloc settings for tensor workloads; call once, early in main(), before other threads start.
 // Why: glibc serves every allocation >= 32 MiB with a fresh mmap and returns it with munmap on free, so each such

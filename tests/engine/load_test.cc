@@ -2,6 +2,8 @@
 // naming the file and tensor, never a crash.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -53,6 +55,24 @@ class LoadTest : public ::testing::Test {
     WriteFile(path, MakeSt(h.dump(), b.substr(8 + n)));
   }
 };
+
+TEST(DeviceMemory, HostMemoryForCpuAndClearErrorsOtherwise) {
+  // What the server sizes the memory budgets from (server/registry.h MemoryPolicy).
+  auto cpu = DeviceMemoryBytes("cpu");
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  EXPECT_EQ(*cpu, static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE));
+  auto tpu = DeviceMemoryBytes("tpu:0");
+  EXPECT_EQ(tpu.status().code(), absl::StatusCode::kInvalidArgument) << tpu.status();
+  EXPECT_NE(tpu.status().message().find("expected cpu, cuda or cuda:N"), std::string::npos) << tpu.status();
+  if (!CudaAvailable()) {  // a CPU-only LibTorch says so instead of guessing
+    auto cuda = DeviceMemoryBytes("cuda:0");
+    EXPECT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition) << cuda.status();
+  } else {
+    auto cuda = DeviceMemoryBytes("cuda:0");
+    ASSERT_TRUE(cuda.ok()) << cuda.status();
+    EXPECT_GT(*cuda, int64_t{1} << 30);
+  }
+}
 
 TEST(Safetensors, ParsesAndValidatesBuffers) {
   std::string data(24, '\0');
