@@ -1,6 +1,6 @@
 // The engine-side job description and results: plain C++ structs, no protobuf, no torch. The server converts
 // sinkscope.v1 messages to/from these (server/convert.*); tests and benches build them directly.
-// Field meanings and defaults mirror proto/sinkscope/v1/jobs.proto (the contract); see docs/analyses.md.
+// Field meanings and defaults mirror proto/sinkscope/v1/spec.proto and results.proto (the contract); see docs/analyses.md.
 #pragma once
 
 #include <cstdint>
