@@ -16,6 +16,7 @@
 //                        [--kv-heads=4] [--intermediate=688] [--vocab=4096] [--lengths=512,2048,4096]
 //                        [--dtypes=float32,bfloat16] [--repeats=5] [--chunk=512] [--tune-malloc=1]
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
 

@@ -24,6 +24,7 @@
 // --tune-malloc=1 runs with the server's malloc settings (model::TuneMallocForTensors: freed memory stays in the
 // heap, so peaks include fragmentation); 0 with glibc's defaults (large blocks mmapped and returned at once).
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <malloc.h>
 #include <unistd.h>
 

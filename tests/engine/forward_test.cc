@@ -1,6 +1,7 @@
 // Forward-pass tests against the independent python reference (tests/reference/reference_llama.py), plus
 // chunking, interventions, long context, bf16, thread safety, cancellation, autograd and input validation.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 
 #include <atomic>

@@ -1,5 +1,6 @@
 // train_tests: sinkscope-train (tools/train) and the shipped tiny RoPE/DroPE pair (models/tiny-rope, tiny-drope).
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
