@@ -4,7 +4,8 @@
 #   1. unpacks .gpu-deps/*.deb (deploy/fetch-gpu-deps.sh, run beforehand on Debian 12) into a PRIVATE prefix under
 #      the build dir (never into /), rewrites .pc prefixes, repoints dangling -dev symlinks to the node's own
 #      libraries, and points CMake/protoc/pkg-config at it; binaries get a DT_RPATH to it (no global LD_LIBRARY_PATH,
-#      so the node's python, cmake and compiler never load our Debian libraries);
+#      so the node's python, cmake and compiler never load our Debian libraries); checks that the node's glibc and
+#      libstdc++ define every symbol version those libraries need (deploy/gpu/abi_check.py) before building;
 #   2. configures with the pip torch (-DSINKSCOPE_TORCH_PYTHON, cmake/TorchSelect.cmake) and builds sinkscoped,
 #      sinkscope, sinkscope-probe, engine_tests, analysis_tests, sinkscope-bench with all cores;
 #      meanwhile, in the background on the GPU: random 7B-width checkpoints (deploy/gpu/make_checkpoint.py), Hugging
@@ -126,6 +127,7 @@ FAILED=0
 
 log() { echo "[gpu-check +$(elapsed)s] $*" | tee -a "$LOG"; }
 remaining() { if [[ $BUDGET -gt 0 ]]; then echo $(( BUDGET - $(elapsed) )); else echo 100000; fi; }
+# Step functions run under `step ... ||`, where bash ignores `set -e`: each checks its commands' status itself.
 # step NAME TIMEOUT CMD...: runs CMD (a function or program) with a hard timeout (capped by the remaining budget)
 # into logs/NAME.log, records "name status seconds" and shows the log's tail on failure. CMD runs in its own process
 # group (set -m) so a timeout ends everything it started (ninja's compilers, python, a server).
@@ -171,6 +173,16 @@ step() {
   fi
   if [[ $status == skipped ]]; then tail -n 2 "$WORK/logs/$name.log" | sed 's/^/    | /' | tee -a "$LOG"; fi
   return 0
+}
+
+# report: OUT/gpu.md + results.json from whatever the work dir holds so far (called after every step and on exit
+# after a failed setup step), and OUT/logs.tgz.
+report() {
+  "$PY" "$ROOT/deploy/gpu/report.py" --work "$WORK" --out "$OUT" --device "$DEVICE" --layers "$LAYERS" \
+    --prompts "$N_PROMPTS" --tokens "$N_TOKENS" --dims "$DIMS" --dtype "$DTYPE_BENCH" --elapsed "$(elapsed)" \
+    >> "$LOG" 2>&1 || log "report.py failed (see $LOG)"
+  (cd "$WORK" && tar czf "$OUT/logs.tgz" logs env.txt steps.tsv cmp/*.json cmp/events.jsonl bench/*.json bench/*.txt \
+     bench/events.jsonl hf/*.json peak.json 2>/dev/null) || true
 }
 
 log "device $DEVICE; python $PY; torch $TORCH_VERSION; out $OUT; work $WORK;" \
@@ -253,16 +265,20 @@ trap cleanup EXIT
 PREFIX=$BUILD_DIR/deps-prefix
 WRAP=$PREFIX/wrap
 LIBDIR=$PREFIX/usr/lib/x86_64-linux-gnu
-setup_prefix() {
+setup_prefix() {  # unpack (when .gpu-deps changed), then check the node's libc/libstdc++ can run what it holds
+  unpack_prefix || return 1
+  "$PY" "$ROOT/deploy/gpu/abi_check.py" "$PREFIX"
+}
+unpack_prefix() {
   local debs=("$ROOT"/.gpu-deps/*.deb)
   [[ -e ${debs[0]} ]] || { echo "no .gpu-deps/*.deb: run deploy/fetch-gpu-deps.sh on a Debian 12 machine and carry .gpu-deps"; return 1; }
   local stamp; stamp=$(cat "$ROOT/.gpu-deps/SHA256SUMS" 2>/dev/null | sha256sum | cut -c1-16)
   if [[ -f $PREFIX/.stamp && $(cat "$PREFIX/.stamp") == "$stamp" ]]; then echo "prefix up to date"; return 0; fi
   rm -rf "$PREFIX"; mkdir -p "$PREFIX" "$WRAP"
   if command -v dpkg >/dev/null; then
-    for d in "${debs[@]}"; do dpkg -x "$d" "$PREFIX"; done
+    for d in "${debs[@]}"; do dpkg -x "$d" "$PREFIX" || return 1; done
   else
-    "$PY" "$ROOT/deploy/gpu/unpack_debs.py" "$PREFIX" "${debs[@]}"
+    "$PY" "$ROOT/deploy/gpu/unpack_debs.py" "$PREFIX" "${debs[@]}" || return 1
   fi
   # pkg-config files: prefix=/usr (and a few absolute -I/-L) -> the private prefix. Once per unpack (the stamp).
   find "$PREFIX/usr" -name '*.pc' -print0 | xargs -0 -r sed -i -E \
@@ -289,7 +305,7 @@ exec "$real" "\$@"
 EOW
     chmod +x "$WRAP/$tool"
   done
-  "$WRAP/protoc" --version && "$WRAP/pkg-config" --modversion re2 grpc++ protobuf
+  "$WRAP/protoc" --version && "$WRAP/pkg-config" --modversion re2 grpc++ protobuf || return 1
   echo "$stamp" > "$PREFIX/.stamp"
   du -sh "$PREFIX"
 }
@@ -310,7 +326,7 @@ if ${CXX:-c++} -dumpfullversion 2>/dev/null | grep -qE '^(1[3-9]|[2-9][0-9])\.';
   CXXFLAGS_EXTRA="-include cstdint"
 fi
 if [[ $USE_PREFIX == 1 ]]; then
-  if ! step deps 120 setup_prefix; then log "cannot continue without the dependency prefix"; exit 1; fi
+  if ! step deps 120 setup_prefix; then log "cannot continue without the dependency prefix"; report; exit 1; fi
   # CMAKE_LIBRARY_ARCHITECTURE: find_* search <prefix>/lib/x86_64-linux-gnu even with a non-Debian compiler.
   # -isystem .../include/x86_64-linux-gnu: OpenSSL's and curl's multiarch headers (Debian's compiler only knows
   # /usr/include/x86_64-linux-gnu). DT_RPATH (--disable-new-dtags) also covers the libraries' own dependencies.
@@ -324,14 +340,32 @@ elif [[ -n $CXXFLAGS_EXTRA ]]; then
   CMAKE_ARGS+=("-DCMAKE_CXX_FLAGS=$CXXFLAGS_EXTRA")
 fi
 
+# Every target and its binary. The first three are essential: without them nothing can be checked.
 TARGETS=(sinkscoped sinkscope sinkscope-probe engine_tests analysis_tests sinkscope-bench sinkscope-job-bench)
+declare -A TARGET_PATH=([sinkscoped]=server/sinkscoped [sinkscope]=client/sinkscope
+  [sinkscope-probe]=tools/probe/sinkscope-probe [engine_tests]=tests/engine/engine_tests
+  [analysis_tests]=tests/analysis/analysis_tests [sinkscope-bench]=bench/sinkscope-bench
+  [sinkscope-job-bench]=bench/sinkscope-job-bench)
 configure() { cmake -S "$ROOT" -B "$BUILD_DIR" "${CMAKE_ARGS[@]}"; }
 build() {
   # The two background python jobs share the machine; give the compiler all cores anyway (they are GPU-bound).
-  cmake --build "$BUILD_DIR" -j "$JOBS" --target "${TARGETS[@]}"
+  # Keep going past a failing file, so that one broken test or bench does not cost the node's one run.
+  local keep=-k rc=0 t
+  grep -q '^CMAKE_GENERATOR:INTERNAL=Ninja' "$BUILD_DIR/CMakeCache.txt" && keep="-k 0"
+  rm -f "$WORK/build_failed"
+  # shellcheck disable=SC2086
+  cmake --build "$BUILD_DIR" -j "$JOBS" --target "${TARGETS[@]}" -- $keep || rc=1
+  if [[ $rc != 0 ]]; then
+    # Which targets did not build: each is asked again on its own (no work when it is up to date). A binary left
+    # from an earlier build is removed, so that no later step runs old code.
+    for t in "${TARGETS[@]}"; do
+      cmake --build "$BUILD_DIR" -j "$JOBS" --target "$t" > /dev/null 2>&1 && continue
+      echo "$t" >> "$WORK/build_failed"; rm -f "$BUILD_DIR/${TARGET_PATH[$t]}"
+    done
+    echo "== targets that did not build: $(tr '\n' ' ' < "$WORK/build_failed" 2>/dev/null)"
+    grep -qxE 'sinkscoped|sinkscope|sinkscope-probe' "$WORK/build_failed" 2>/dev/null && return 1
+  fi
   if [[ $USE_PREFIX == 1 ]]; then
-    # Every library of the server must come from the prefix, torch or the base system, never from a path that
-    # only exists on the build machine.
     # Every library of the server must come from the prefix, torch (and torch's own dependencies) or the base
     # system (libc, libstdc++, ...), never from a path that only exists on the build machine.
     local torch_cpu
@@ -339,15 +373,27 @@ build() {
     echo "== sinkscoped's libraries from neither the prefix nor torch's closure ($torch_cpu):"
     comm -23 <(ldd "$BUILD_DIR/server/sinkscoped" | awk '$2 == "=>" {print $1 " " $3}' | sort) \
              <(ldd "$torch_cpu" | awk '$2 == "=>" {print $1 " " $3}' | sort) | grep -v -e "$PREFIX" -e "/torch/lib" || true
-    ! ldd "$BUILD_DIR/server/sinkscoped" "$BUILD_DIR/client/sinkscope" | grep "not found"
+    # (An emptied list of failed targets tells the caller that this is fatal.)
+    if ldd "$BUILD_DIR/server/sinkscoped" "$BUILD_DIR/client/sinkscope" | grep "not found"; then
+      : > "$WORK/build_failed"; return 1
+    fi
   fi
   if [[ $DEVICE == cuda ]]; then
     echo "== NEEDED torch libraries of sinkscoped:"; readelf -d "$BUILD_DIR/server/sinkscoped" | grep -E "torch|c10"
-    readelf -d "$BUILD_DIR/server/sinkscoped" | grep -q "libtorch_cuda" || { echo "libtorch_cuda.so not linked"; return 1; }
+    readelf -d "$BUILD_DIR/server/sinkscoped" | grep -q "libtorch_cuda" ||
+      { echo "libtorch_cuda.so not linked"; : > "$WORK/build_failed"; return 1; }
   fi
+  return $rc
 }
-step configure 180 configure || { log "configure failed; see $WORK/logs/configure.log"; exit 1; }
-step build 420 build || { log "build failed"; exit 1; }
+step configure 180 configure || { log "configure failed; see $WORK/logs/configure.log"; report; exit 1; }
+if ! step build 420 build; then
+  # A timeout, a missing library or an essential target that did not build ends the run; a test or bench that did
+  # not build fails only the steps that use it.
+  if [[ ! -s $WORK/build_failed ]] || grep -qxE 'sinkscoped|sinkscope|sinkscope-probe' "$WORK/build_failed"; then
+    log "build failed"; report; exit 1
+  fi
+  log "build failed for $(tr '\n' ' ' < "$WORK/build_failed"): continuing with the targets that built"
+fi
 BIN_SERVER=$BUILD_DIR/server/sinkscoped
 BIN_CLI=$BUILD_DIR/client/sinkscope
 BIN_PROBE=$BUILD_DIR/tools/probe/sinkscope-probe
@@ -475,21 +521,14 @@ bench_packing() {
   wait_for "$WORK/.bench_ready" "$(( $(remaining) - 30 ))" || { echo "bench checkpoints not ready"; return 1; }
   "$BUILD_DIR/bench/sinkscope-job-bench" --models="$BENCH_CK/bench-rope,$BENCH_CK/bench-drope" --device="$DEV_SPEC" \
     --dtype="$DTYPE_BENCH" --ids="$WORK/bench_prompts.json" --prompts="$N_PROMPTS" --max-tokens=64 \
-    --budgets="0,$(( N_PROMPTS * 64 ))" --suite=phase --repeats=1 --threads="$JOBS" --out="$WORK/bench" --name=packing
+    --budgets="0,$(( N_PROMPTS * 64 ))" --suite=phase --repeats=1 --threads="$JOBS" --out="$WORK/bench" --name=packing \
+    || return 1
   cat "$WORK/bench/packing.md"
   cp "$WORK/bench/packing.md" "$OUT/packing.md"
 }
 
 bench_smoke() {  # sinkscope-bench (CPU forward benchmark) builds and runs; results stay in the work dir
   "$BUILD_DIR/bench/sinkscope-bench" --layers=1 --lengths=64 --repeats=1 --dtypes=float32 --out="$WORK/bench/cpu"
-}
-
-report() {
-  "$PY" "$ROOT/deploy/gpu/report.py" --work "$WORK" --out "$OUT" --device "$DEVICE" --layers "$LAYERS" \
-    --prompts "$N_PROMPTS" --tokens "$N_TOKENS" --dims "$DIMS" --dtype "$DTYPE_BENCH" --elapsed "$(elapsed)" \
-    >> "$LOG" 2>&1 || log "report.py failed (see $LOG)"
-  (cd "$WORK" && tar czf "$OUT/logs.tgz" logs env.txt steps.tsv cmp/*.json cmp/events.jsonl bench/*.json bench/*.txt \
-     bench/events.jsonl hf/*.json peak.json 2>/dev/null) || true
 }
 
 mkdir -p "$WORK/bench"

@@ -46,6 +46,16 @@ def kv(path):
     return d
 
 
+def read_tail(path, n):
+    """The last N lines of a text file ('' if absent), long lines cut at 200 characters."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.read().splitlines()[-n:]
+    except OSError:
+        return ""
+    return "\n".join(l if len(l) <= 200 else l[:197] + "..." for l in lines)
+
+
 def g(d, k, default=None):
     """A protobuf-JSON field by its lowerCamelCase or snake_case name (the client prints snake_case)."""
     if not isinstance(d, dict):
@@ -197,6 +207,13 @@ def main():
     for s in res["steps"]:
         L.append(f"| {s.get('step')} | {s.get('status')} | {s.get('seconds')} |")
     L.append(f"\nTotal: {a.elapsed} s.\n")
+    # A failed step's own words (the end of its log), so that the report alone says what went wrong.
+    for s in res["steps"]:
+        if s.get("status") in ("ok", "skipped"):
+            continue
+        tail = read_tail(os.path.join(W, "logs", f"{s.get('step')}.log"), 20)
+        if tail:
+            L.append(f"Step `{s.get('step')}` ({s.get('status')}), end of its log:\n\n```\n{tail}\n```\n")
     L.append("## Agreement with Hugging Face transformers\n")
     L.append("(Where transformers is absent, e.g. a CPU dry run, the same pipeline compares with the project's "
              "independent python reference instead: see the 'compared with' column.)\n")
