@@ -136,7 +136,7 @@ def run_suite(model, hooks, prompts, L, way, device):
             else:
                 set_impl(model, "eager")
                 hooks.record = {"q", "k", "v"}
-                out = model(input_ids=x, output_attentions=True, output_hidden_states=True); fw += 1
+                out = model(input_ids=x, output_attentions=True, output_hidden_states=True, use_cache=False); fw += 1
                 r = metrics_from(out, hooks, ids, L)
                 tot["base"] += float(nll_of(out.logits, x))
             ratios.append(r["bos_ratio"])
@@ -190,7 +190,8 @@ def run_suite(model, hooks, prompts, L, way, device):
         for ids in prompts:
             x = torch.tensor([ids], device=device)
             with torch.no_grad():
-                out = model(input_ids=x, output_attentions=(way == "study")); fw += 1
+                # (the study's scripts left use_cache at its default, True: a KV cache built and thrown away)
+                out = model(input_ids=x, output_attentions=(way == "study"), use_cache=(way == "study")); fw += 1
             s += float(nll_of(out.logits, x))
             del out
         if name.startswith("ctrl"):

@@ -161,6 +161,10 @@ class HfBackend:
         self.device = device
         import transformers
         self.name = f"transformers {transformers.__version__}"
+        rot = getattr(self.model.model, "rotary_emb", None)
+        self.detail = {"attn_implementation": getattr(self.model.config, "_attn_implementation", None),
+                       "inv_freq_dtype": str(getattr(rot, "inv_freq", torch.empty(0)).dtype),
+                       "nope_calls_at_load": hf_llama._PATCHED["calls"]}
 
     def run(self, ids, edits=None, record=True):
         self.cap.edits, self.cap.record = edits or {}, record
@@ -264,7 +268,8 @@ def reference(a):
     m["ppl"] = ppl
     m["info"] = {"backend": fw.name, "torch": torch.__version__, "device": str(device), "dtype": a.dtype,
                  "attention_type": att, "load_seconds": load_s, "seconds": time.time() - t0,
-                 "hidden_states_vs_hooks_max_rel": getattr(fw, "hs_check", None)}
+                 "hidden_states_vs_hooks_max_rel": getattr(fw, "hs_check", None),
+                 "backend_detail": getattr(fw, "detail", None)}
     write_st(a.out + ".safetensors", tensors, {"dtype": a.dtype, "model": a.model, "backend": fw.name})
     with open(a.out + ".json", "w") as f:
         json.dump(m, f)

@@ -19,7 +19,7 @@ import os
 import torch
 
 NORM_NOPE = ("qk_norm_nope", "q_norm_nope", "k_norm_nope")
-_PATCHED = {"done": False}
+_PATCHED = {"done": False, "calls": 0}
 
 
 def attention_type(cfg):
@@ -48,6 +48,7 @@ def patch_rotary_identity():
     from transformers.models.llama import modeling_llama
     if not _PATCHED["done"]:
         def apply_rotary_identity(q, k, *args, **kwargs):
+            _PATCHED["calls"] += 1
             return q, k
         modeling_llama.apply_rotary_pos_emb = apply_rotary_identity
         _PATCHED["done"] = True
@@ -70,14 +71,21 @@ def load(model_dir, dtype, device, attn_implementation="eager", nope_mode="patch
         pass
     # Built in float32 on the device (a quick random init), then cast: set_default_dtype(bfloat16) is not accepted by
     # every torch, and a meta-device build would leave the rotary inv_freq buffer uninitialised.
-    with torch.device(device):
-        model = LlamaForCausalLM(config)
+    dev = torch.device(device)
+    if hasattr(dev, "__enter__"):
+        with dev:
+            model = LlamaForCausalLM(config)
+    else:  # torch < 2.0: no device context
+        model = LlamaForCausalLM(config).to(dev)
     if hasattr(model, "set_attn_implementation"):
         try:
             model.set_attn_implementation(attn_implementation)
         except Exception:  # noqa: BLE001
             pass
-    model.to(dtype=dtype)
+    # Parameters only: the rotary inv_freq buffer stays float32, as from_pretrained(torch_dtype=...) leaves it (a
+    # bf16 inv_freq is off by up to 0.6 rad at position 511, which sinkscope and the study do not have).
+    for prm in model.parameters():
+        prm.data = prm.data.to(dtype)
 
     state = read_state(model_dir, device)
     H, K = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
@@ -109,11 +117,24 @@ def load(model_dir, dtype, device, attn_implementation="eager", nope_mode="patch
             patch_rotary_identity()
         else:
             def nope_rotary(module, args, out):
+                _PATCHED["calls"] += 1
                 cos, sin = out
                 return torch.ones_like(cos), torch.zeros_like(sin)
             model.model.rotary_emb.register_forward_hook(nope_rotary)
     model.eval()
+    if att != "rope":
+        check_rotary_removed(model, device, nope_mode)
     return model, cfg, att
+
+
+def check_rotary_removed(model, device, nope_mode):
+    """A DroPE model whose rotary removal does not take effect would silently run as RoPE (e.g. a transformers
+    that no longer looks apply_rotary_pos_emb up in its module): one 2-token forward must go through our code."""
+    before = _PATCHED["calls"]
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[1, 2]], device=device), use_cache=False)
+    if _PATCHED["calls"] == before:
+        raise RuntimeError(f"DroPE: rotary removal (nope_mode={nope_mode}) did not take effect in this transformers")
 
 
 def layer_output(out):
