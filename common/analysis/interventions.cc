@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
 
 #include "common/analysis/massive_values.h"
 
@@ -22,12 +23,26 @@ std::vector<int64_t> ToIndices(const at::Tensor& flat_mask) {
   return std::vector<int64_t>(p, p + nz.numel());
 }
 
+// A host tensor and its copy on the device the hook last saw: a host-to-device copy on every call (every prompt of
+// a packed forward, every layer) would be a stream synchronisation each time on a GPU.
+class OnDevice {
+ public:
+  explicit OnDevice(at::Tensor host) : host_(std::move(host)) {}
+  const at::Tensor& On(const at::Device& d) {
+    if (!copy_.defined() || copy_.device() != d) copy_ = host_.to(d);
+    return copy_;
+  }
+
+ private:
+  at::Tensor host_, copy_;
+};
+
 // Replaces the flat dims `idx` (of the [T, heads·hd] view) by 0 or by their mean over positions.
 model::InterveneFn DimEdit(std::vector<int64_t> idx, job::Replacement replacement) {
-  at::Tensor index = IndexTensor(idx);
+  auto index = std::make_shared<OnDevice>(IndexTensor(idx));
   return [index, replacement](const model::HookPoint&, const at::Tensor& x) {
     const int64_t T = x.size(0);
-    at::Tensor id = index.to(x.device());
+    const at::Tensor& id = index->On(x.device());
     at::Tensor y = x.reshape({T, -1}).clone();
     if (replacement == job::Replacement::kZero) {
       y.index_fill_(1, id, 0);
@@ -161,12 +176,13 @@ void AddHeadAblation(const job::HeadAblation& spec, const ModelDims& dims, model
   for (const auto& [layer, heads] : by_layer) {
     std::vector<uint8_t> m(dims.n_heads, 0);
     for (int64_t h : heads) m[h] = 1;
-    at::Tensor mask = at::tensor(std::vector<int64_t>(m.begin(), m.end()), at::TensorOptions().dtype(at::kLong))
-                          .to(at::kBool)
-                          .view({1, -1, 1});
+    auto mask = std::make_shared<interventions_internal::OnDevice>(
+        at::tensor(std::vector<int64_t>(m.begin(), m.end()), at::TensorOptions().dtype(at::kLong))
+            .to(at::kBool)
+            .view({1, -1, 1}));
     const job::Replacement r = spec.replacement;
     hooks->Intervene(model::HookName(layer, model::HookId::kZ), [mask, r](const model::HookPoint&, const at::Tensor& z) {
-      at::Tensor mk = mask.to(z.device());
+      const at::Tensor& mk = mask->On(z.device());
       if (r == job::Replacement::kZero) return z.masked_fill(mk, 0);
       at::Tensor means = z.to(at::kFloat).mean(0, /*keepdim=*/true).to(z.scalar_type());
       return at::where(mk, means, z);

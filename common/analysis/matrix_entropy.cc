@@ -2,6 +2,7 @@
 #include "common/analysis/matrix_entropy.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <map>
@@ -51,6 +52,20 @@ EntropyStats ComputeMatrixEntropy(const at::Tensor& x_in) {
   return FromSpectrum(ev.data_ptr<double>(), ev.numel(), F, T, d);
 }
 
+at::Tensor HostParallelEigvalsh(const at::Tensor& grams) {
+  const int64_t B = grams.size(0);
+  at::Tensor out = at::empty({B, grams.size(1)}, grams.options());
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) out[b].copy_(at::linalg_eigvalsh(grams[b]));
+  });
+  return out;
+}
+
+at::Tensor BatchEigvalsh(const at::Tensor& grams) {
+  if (grams.is_cpu()) return at::linalg_eigvalsh(grams);
+  return HostParallelEigvalsh(grams.cpu());
+}
+
 namespace matrix_entropy_internal {
 
 class MatrixEntropy final : public LayerAnalysis {
@@ -86,7 +101,7 @@ class MatrixEntropy final : public LayerAnalysis {
     for (const auto& [n, idx] : by_size) {
       std::vector<at::Tensor> grams;
       for (size_t i : idx) grams.push_back(pending_[i].gram);
-      const at::Tensor ev = at::linalg_eigvalsh(at::stack(grams)).cpu().contiguous();  // [B, n] ascending
+      const at::Tensor ev = BatchEigvalsh(at::stack(grams)).contiguous();  // [B, n] ascending
       for (size_t k = 0; k < idx.size(); ++k) spectrum[idx[k]] = ev[static_cast<int64_t>(k)];
     }
     for (size_t i = 0; i < pending_.size(); ++i) {

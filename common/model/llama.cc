@@ -252,7 +252,7 @@ absl::StatusOr<at::Tensor> DecoderLayer(const LlamaConfig& cfg, const LayerWeigh
 }
 
 // −log p(next token) at every row that has a target in its own prompt, from the final hidden states y [ΣT, d],
-// in row chunks so that at most ~4M logits (16 MiB fp32) exist at once (131 rows for V=32000).
+// in row chunks so that at most ~4M logits (16 MiB fp32) exist at once on a CPU (131 rows for V=32000).
 at::Tensor TargetNll(const LlamaConfig& cfg, const at::Tensor& y, const at::Tensor& lm_head, const at::Tensor& ids,
                      const Segments& seg, const at::Tensor& logits) {
   // The rows with a target and their targets. One prompt: rows 0..T-2, a contiguous range (plain slices).
@@ -274,7 +274,10 @@ at::Tensor TargetNll(const LlamaConfig& cfg, const at::Tensor& y, const at::Tens
   const at::ScalarType acc = Acc(y.scalar_type());
   if (logits.defined())
     return -at::log_softmax(take(logits, 0, n_rows), -1).gather(1, targets.unsqueeze(1)).squeeze(1);
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 22) / cfg.vocab_size);
+  // On a GPU 8× more (128 MiB fp32, ~0.4 GiB transient beside packing's estimate): every chunk re-reads lm_head
+  // (262 MB at 7B), and 131-row chunks of a 32k-token packed forward would be 250 rounds of weight reads.
+  const int64_t logits_at_once = y.is_cpu() ? (int64_t{1} << 22) : (int64_t{1} << 25);
+  const int64_t chunk = std::max<int64_t>(1, logits_at_once / cfg.vocab_size);
   std::vector<at::Tensor> parts;
   for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
     const int64_t n = std::min(chunk, n_rows - r0);

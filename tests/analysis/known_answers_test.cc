@@ -251,6 +251,16 @@ TEST(KnownAnswers, KnownGramSpectrumGivesKnownEntropy) {
   }
 }
 
+TEST(KnownAnswers, HostParallelEigensolverGivesTheKnownSpectrum) {
+  // The path a GPU batch takes (copied to the host, one matrix per thread) on matrices of known spectrum.
+  for (const auto& [B, n] : {std::pair<int64_t, int64_t>{9, 40}, {3, 1}, {1, 64}}) {
+    const EigensolverErrors e = HostEigensolverErrors(B, n, 3);
+    EXPECT_LT(e.host_vs_known, 1e-11) << B << "x" << n;
+    EXPECT_LT(e.host_vs_batched, 1e-12) << B << "x" << n;
+    EXPECT_LT(e.on_test_device_vs_known, 1e-11) << TestDevice();  // BatchEigvalsh on the test device's batch
+  }
+}
+
 TEST(KnownAnswers, DegenerateAndNonFiniteInputs) {
   const double nan = std::nan("");
   auto z = Reduce({{0, 0, 0}, {0, 0, 0}});

@@ -215,6 +215,19 @@ Reductions Reduce(const std::vector<std::vector<float>>& rows) {
   return {e.entropy, e.anisotropy, e.normalized, b.bos_norm, b.mean_other_norm, b.ratio};
 }
 
+EigensolverErrors HostEigensolverErrors(int64_t B, int64_t n, uint64_t seed) {
+  at::manual_seed(seed);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const at::Tensor lam = std::get<0>(at::sort(at::rand({B, n}, f64) * 10, -1));
+  const at::Tensor q = std::get<0>(at::linalg_qr(at::randn({B, n, n}, f64)));
+  at::Tensor a = q.matmul(at::diag_embed(lam)).matmul(q.transpose(1, 2));
+  a = (a + a.transpose(1, 2)) / 2;
+  const at::Tensor host = analysis::HostParallelEigvalsh(a);
+  const at::Tensor on_device = analysis::BatchEigvalsh(a.to(at::Device(TestDevice())));
+  return {(host - lam).abs().max().item<double>(), (host - at::linalg_eigvalsh(a)).abs().max().item<double>(),
+          (on_device.cpu() - lam).abs().max().item<double>()};
+}
+
 const std::string& TestDevice() {
   static const std::string device = [] {
     const char* d = std::getenv("SINKSCOPE_TEST_DEVICE");

@@ -55,6 +55,14 @@ struct Reductions {
 };
 Reductions Reduce(const std::vector<std::vector<float>>& rows);
 
+// analysis::HostParallelEigvalsh (the host solver a GPU batch of Gram matrices takes) on B random symmetric n×n
+// matrices Q diag(λ) Qᵀ of known ascending spectrum λ: its largest error against λ and against the batched LAPACK
+// call, and analysis::BatchEigvalsh's against λ for the same batch on TestDevice().
+struct EigensolverErrors {
+  double host_vs_known, host_vs_batched, on_test_device_vs_known;
+};
+EigensolverErrors HostEigensolverErrors(int64_t B, int64_t n, uint64_t seed);
+
 // The device models are built on: $SINKSCOPE_TEST_DEVICE ("cuda", ...), default "cpu" (deploy/gpu-check.sh).
 const std::string& TestDevice();
 
