@@ -278,9 +278,26 @@ def cmd_peak(a):
     props = torch.cuda.get_device_properties(0)
     res = {"bf16_matmul_tflops": tflops, "n": n, "gpu": props.name, "sm_count": props.multi_processor_count,
            "total_memory_bytes": props.total_memory, "torch": torch.__version__, "cuda": torch.version.cuda}
+    # Matrix entropy's eigensolver: sinkscope solves a GPU batch of 512x512 float64 Gram matrices on the host, one
+    # per core (common/analysis/matrix_entropy.cc); this records what cuSOLVER takes for the same batch instead.
+    g = torch.randn(8, 512, 512, device="cuda", dtype=torch.float64)
+    g = g @ g.transpose(1, 2)
+    torch.linalg.eigvalsh(g[:1])
+    torch.cuda.synchronize()
+    t = time.time()
+    torch.linalg.eigvalsh(g)
+    torch.cuda.synchronize()
+    res["eigvalsh_512_fp64_cuda_ms_per_matrix"] = (time.time() - t) / 8 * 1000
+    gc = g.cpu()
+    t = time.time()
+    torch.linalg.eigvalsh(gc)
+    res["eigvalsh_512_fp64_cpu_ms_per_matrix"] = (time.time() - t) / 8 * 1000
+    res["cpu_threads"] = torch.get_num_threads()
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
-    print(f"peak: {props.name}: bf16 {n}^3 matmul {tflops:.0f} TFLOP/s")
+    print(f"peak: {props.name}: bf16 {n}^3 matmul {tflops:.0f} TFLOP/s; eigvalsh 512 fp64 "
+          f"{res['eigvalsh_512_fp64_cuda_ms_per_matrix']:.1f} ms/matrix on cuda, "
+          f"{res['eigvalsh_512_fp64_cpu_ms_per_matrix']:.1f} on the cpu ({res['cpu_threads']} threads, batched)")
     return 0
 
 

@@ -203,6 +203,12 @@ def main():
     if peak:
         L.append(f"Measured bf16 matmul peak ({peak.get('n')}^3, torch): **{peak.get('bf16_matmul_tflops', 0):.0f} TFLOP/s** "
                  f"on {peak.get('gpu')} ({peak.get('sm_count')} SMs).\n")
+        if peak.get("eigvalsh_512_fp64_cuda_ms_per_matrix") is not None:
+            L.append(f"Matrix entropy's eigensolver, one 512×512 float64 matrix: "
+                     f"{peak['eigvalsh_512_fp64_cuda_ms_per_matrix']:.1f} ms with cuSOLVER (batch of 8), "
+                     f"{peak['eigvalsh_512_fp64_cpu_ms_per_matrix']:.1f} ms on the host ({peak.get('cpu_threads')} "
+                     f"threads, torch's batched call); sinkscope solves a GPU batch on the host, one matrix per "
+                     f"thread.\n")
     L.append("## Steps\n\n| step | status | seconds |\n|---|---|---|")
     for s in res["steps"]:
         L.append(f"| {s.get('step')} | {s.get('status')} | {s.get('seconds')} |")
