@@ -169,7 +169,9 @@ TEST(LayerMajor, PartialEventsAreMonotoneAndTheLastIsTheFinal) {
       for (size_t i = 0; i < events.size(); ++i) {
         EXPECT_EQ(events[i].prompts_total, P);
         EXPECT_EQ(events[i].partial, i + 1 < events.size());
-        if (i > 0) EXPECT_GT(events[i].prompts_done, events[i - 1].prompts_done);
+        if (i > 0) {
+          EXPECT_GT(events[i].prompts_done, events[i - 1].prompts_done);
+        }
         EXPECT_EQ(events[i].sink_rate->sink_rate.n, events[i].prompts_done);  // it covers what it says
       }
       const job::LayerResult& last = events.back();
@@ -191,7 +193,9 @@ TEST(LayerMajor, PartialEventsAreMonotoneAndTheLastIsTheFinal) {
     if (const auto* r = std::get_if<job::LayerResult>(&e)) {
       if (r->model != last_model) last_layer = -1, last_model = r->model, ppl_seen = false;
       EXPECT_FALSE(ppl_seen) << r->model << " L" << r->layer;
-      if (r->layer != 0) EXPECT_EQ(r->layer, last_layer + 1) << r->model;
+      if (r->layer != 0) {
+        EXPECT_EQ(r->layer, last_layer + 1) << r->model;
+      }
       last_layer = r->layer;
     }
     if (std::holds_alternative<job::PerplexityResult>(e)) ppl_seen = true;
@@ -224,7 +228,9 @@ TEST(LayerMajor, PrefixReuseGivesIdenticalPerplexitiesAndCountsTheLayersRun) {
     EXPECT_EQ(a[i].condition, b[i].condition);
     EXPECT_EQ(a[i].perplexity, b[i].perplexity) << a[i].condition;  // bitwise
     EXPECT_EQ(a[i].mean_nll, b[i].mean_nll) << a[i].condition;
-    if (i > 0) EXPECT_NE(a[i].perplexity, a[0].perplexity) << a[i].condition;  // the intervention did something
+    if (i > 0) {
+      EXPECT_NE(a[i].perplexity, a[0].perplexity) << a[i].condition;  // the intervention did something
+    }
   }
   const int32_t forwards = r1->models[0].num_forward_passes, packs = forwards / 6;
   ASSERT_EQ(forwards, r0->models[0].num_forward_passes);
@@ -269,7 +275,9 @@ TEST(LayerMajor, PrefixReuseStartsQkDisruptionsAtTheirFirstSelectedLayer) {
     EXPECT_EQ(a[i].condition, b[i].condition);
     EXPECT_EQ(a[i].perplexity, b[i].perplexity) << a[i].condition;  // bitwise
     EXPECT_EQ(a[i].control_perplexities, b[i].control_perplexities) << a[i].condition;
-    if (i > 0) EXPECT_NE(a[i].perplexity, a[0].perplexity) << a[i].condition;
+    if (i > 0) {
+      EXPECT_NE(a[i].perplexity, a[0].perplexity) << a[i].condition;
+    }
   }
   ASSERT_EQ(b[1].control_perplexities.size(), 2u);
   // Per pack of the job's prompts: baseline, the disruption and 2 controls, other; plus one identify forward (its two
