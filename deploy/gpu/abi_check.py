@@ -15,6 +15,7 @@ Version information is read with readelf (binutils, present wherever a C++ compi
 provides every version; 1 it does not (the message says what is missing); 2 usage error or nothing to check.
 """
 import argparse
+import functools
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ def vkey(v):
     return tuple(int(x) for x in v.split(".") if x)
 
 
+@functools.lru_cache(maxsize=None)  # the node's libstdc++ is asked for GLIBCXX and for CXXABI
 def version_sections(path):
     """(defined, needed): the symbol versions an ELF file defines and the ones it needs from others."""
     out = subprocess.run(["readelf", "-V", "-W", path], capture_output=True, text=True).stdout

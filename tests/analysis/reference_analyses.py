@@ -245,13 +245,13 @@ def disruption_edits(masks, mean=False):
         def f(y):
             T = y.shape[0]
             flat = y.reshape(T, -1)
-            m = mask.to(flat.device)  # masks are built from activations kept on the CPU; y may be on a GPU
             if mean:
                 flat = flat.clone()
                 idx = mask.nonzero().flatten()
                 flat[:, idx] = flat[:, idx].mean(dim=0)
             else:
-                flat = flat * (1 - m.to(flat.dtype))  # ProjectionDisruptor: Y * (1 - mask)
+                # ProjectionDisruptor: Y * (1 - mask); the mask is built from activations kept on the CPU
+                flat = flat * (1 - mask.to(flat.device, flat.dtype))
             return flat.reshape(y.shape)
         return f
     edits = {}
