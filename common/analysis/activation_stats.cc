@@ -54,26 +54,16 @@ struct Acc {
     norm_max = std::max(norm_max, o.norm_max);
     if (o.abs_sum.defined()) abs_sum = abs_sum.defined() ? abs_sum + o.abs_sum : o.abs_sum.clone();
   }
-  // Adds rows x [n, F] (any dtype/device).
-  void AddRows(const at::Tensor& x) {
-    const int64_t R = x.size(0), F = std::max<int64_t>(1, x.size(1));
-    const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 21) / F);
-    for (int64_t r0 = 0; r0 < R; r0 += chunk) {
-      at::Tensor xd = x.narrow(0, r0, std::min(chunk, R - r0)).to(at::kDouble);
-      const int64_t nb = xd.numel();
-      if (nb == 0) continue;
-      const double mb = xd.mean().item<double>();
-      const double m2b = (xd - mb).pow(2).sum().item<double>();
-      MergeMoments(nb, mb, m2b);
-      at::Tensor a = xd.abs();
-      max_abs = std::max(max_abs, a.max().item<double>());
-      at::Tensor norms = xd.pow(2).sum(1).sqrt();
-      rows += xd.size(0);
-      norm_sum += norms.sum().item<double>();
-      norm_max = std::max(norm_max, norms.max().item<double>());
-      at::Tensor as = a.sum(0).cpu();
-      abs_sum = abs_sum.defined() ? abs_sum + as : as;
-    }
+  // Merges one chunk of rows from its ChunkStats (on the host): nb values in `nrows` rows of F features.
+  void AddChunk(int64_t nb, int64_t nrows, const at::Tensor& stats) {
+    const double* p = stats.data_ptr<double>();
+    MergeMoments(nb, p[0], p[1]);
+    max_abs = std::max(max_abs, p[2]);
+    rows += nrows;
+    norm_sum += p[3];
+    norm_max = std::max(norm_max, p[4]);
+    const at::Tensor as = stats.narrow(0, 5, stats.numel() - 5);
+    abs_sum = abs_sum.defined() ? abs_sum + as : as.clone();
   }
   job::ActivationStatsEntry Entry(const std::string& hook, job::PositionClass pc, int32_t top_k) const {
     job::ActivationStatsEntry e;
@@ -98,6 +88,15 @@ struct Acc {
   }
 };
 
+// One chunk xd [n, F] float64 (n·F > 0) reduced on its device to [5 + F]: mean, Σ(x − mean)², max |x|, Σ of the row
+// norms, max row norm, then Σ over rows of |x| per feature.
+at::Tensor ChunkStats(const at::Tensor& xd) {
+  const at::Tensor mb = xd.mean();
+  const at::Tensor a = xd.abs();
+  const at::Tensor norms = xd.pow(2).sum(1).sqrt();
+  return at::cat({at::stack({mb, (xd - mb).pow(2).sum(), a.max(), norms.sum(), norms.max()}), a.sum(0)});
+}
+
 class ActivationStats final : public LayerAnalysis {
  public:
   ActivationStats(const job::ActivationStatsSpec& spec, const ModelDims& dims)
@@ -107,14 +106,28 @@ class ActivationStats final : public LayerAnalysis {
         bos_(hooks_.size()),
         rest_(hooks_.size()) {}
 
+  // Observers reduce chunks of rows to ChunkStats on the device; Flush copies a forward's pending ones to the host
+  // at once and merges them in the order the observers ran.
   void Register(const PromptCtx&, model::HookSet* hooks) override {
     for (size_t i = 0; i < hooks_.size(); ++i)
       hooks->Observe(hooks_[i], [this, i](const model::HookPoint&, const at::Tensor& x) {
         const int64_t T = x.size(0);
         at::Tensor x2 = x.reshape({T, -1});
-        bos_[i].AddRows(x2.narrow(0, 0, 1));
-        if (T > 1) rest_[i].AddRows(x2.narrow(0, 1, T - 1));
+        AddRows(i, /*bos=*/true, x2.narrow(0, 0, 1));
+        if (T > 1) AddRows(i, /*bos=*/false, x2.narrow(0, 1, T - 1));
       });
+  }
+
+  void Flush() override {
+    if (pending_.empty()) return;
+    std::vector<at::Tensor> stats;
+    for (const Pending& pd : pending_) stats.push_back(pd.stats);
+    const std::vector<at::Tensor> host = ToHost(stats);
+    for (size_t j = 0; j < pending_.size(); ++j) {
+      const Pending& pd = pending_[j];
+      (pd.bos ? bos_ : rest_)[pd.hook].AddChunk(pd.nb, pd.rows, host[j]);
+    }
+    pending_.clear();
   }
 
   bool HasModelLevel() const override {
@@ -136,6 +149,24 @@ class ActivationStats final : public LayerAnalysis {
   }
 
  private:
+  struct Pending {  // one chunk of rows, waiting for Flush
+    size_t hook;
+    bool bos;
+    int64_t nb, rows;
+    at::Tensor stats;  // ChunkStats, on the model's device
+  };
+
+  // Rows x [n, F] (any dtype/device) of hook i, in chunks of ≤ 16 MiB of float64.
+  void AddRows(size_t i, bool bos, const at::Tensor& x) {
+    const int64_t R = x.size(0), F = std::max<int64_t>(1, x.size(1));
+    const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 21) / F);
+    for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+      at::Tensor xd = x.narrow(0, r0, std::min(chunk, R - r0)).to(at::kDouble);
+      if (xd.numel() == 0) continue;
+      pending_.push_back({i, bos, xd.numel(), xd.size(0), ChunkStats(xd)});
+    }
+  }
+
   // Hooks are validated (job/validate.cc), so the name parses.
   int64_t LayerOf(const std::string& hook) const { return model::ParseHookName(hook, dims_.n_layers)->layer; }
 
@@ -143,6 +174,7 @@ class ActivationStats final : public LayerAnalysis {
   ModelDims dims_;
   std::vector<std::string> hooks_;
   std::vector<Acc> bos_, rest_;
+  std::vector<Pending> pending_;
 };
 
 }  // namespace activation_stats_internal

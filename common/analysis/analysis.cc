@@ -1,6 +1,8 @@
 // Common helpers of the analyses (see analysis.h). Compiled through analyses_unity.cc.
 #include "common/analysis/analysis.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -19,6 +21,27 @@ ModelDims ModelDims::From(const model::LlamaConfig& c) {
   d.vocab = c.vocab_size;
   d.rope = c.uses_rope();
   return d;
+}
+
+std::vector<at::Tensor> ToHost(const std::vector<at::Tensor>& tensors) {
+  std::vector<at::Tensor> out(tensors.size());
+  std::vector<at::Tensor> flat;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i].is_cpu())
+      out[i] = tensors[i].to(at::kDouble).contiguous();
+    else
+      flat.push_back(tensors[i].to(at::kDouble).reshape({-1}));
+  }
+  if (flat.empty()) return out;
+  const at::Tensor host = at::cat(flat).cpu();  // the one device -> host copy (and wait)
+  int64_t off = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (out[i].defined()) continue;
+    const int64_t n = tensors[i].numel();
+    out[i] = host.narrow(0, off, n).view(tensors[i].sizes());
+    off += n;
+  }
+  return out;
 }
 
 void StatAcc::Add(double x) {

@@ -58,6 +58,12 @@ class StatAcc {
 // The first i in [0, n) with the largest value(i) (the smallest with `lowest`), like np.argmax / np.argmin.
 int32_t ArgBest(int32_t n, const std::function<double(int32_t)>& value, bool lowest = false);
 
+// Copies small float64 observer results that live on the model's device to the host in ONE transfer. Each .cpu()
+// or .item() of a CUDA tensor waits for the GPU to drain its queue, so an observer that copied per prompt would stall
+// a packed forward hundreds of times per layer; observers keep their device results pending and their Flush() copies
+// them all at once. Returns contiguous CPU float64 tensors of the same shapes, in order (CPU inputs as they are).
+std::vector<at::Tensor> ToHost(const std::vector<at::Tensor>& tensors);
+
 // Gini coefficient of non-negative values, in float64 (the study's fp16 version overflowed, docs/study.md §6.6):
 //   x sorted ascending, i = 1..n:  G = 2·Σ i·x_i / (n·Σ x_i) − (n+1)/n ;  G = 0 when Σ x_i = 0.
 double Gini(std::vector<double> values);

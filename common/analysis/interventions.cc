@@ -81,12 +81,12 @@ QkIdentifier::QkIdentifier(const ModelDims& dims) : dims_(dims), q_sum_(dims.n_l
 void QkIdentifier::Register(model::HookSet* hooks) {
   for (int64_t l = 0; l < dims_.n_layers; ++l) {
     hooks->Observe(model::HookName(l, model::HookId::kQ), [this, l](const model::HookPoint&, const at::Tensor& x) {
-      at::Tensor N = NormMatrix(x).cpu();
+      at::Tensor N = NormMatrix(x);  // summed on the device: no wait for the GPU per prompt
       q_sum_[l] = q_sum_[l].defined() ? q_sum_[l] + N : N;
       if (l == 0) ++n_prompts_;
     });
     hooks->Observe(model::HookName(l, model::HookId::kK), [this, l](const model::HookPoint&, const at::Tensor& x) {
-      at::Tensor N = NormMatrix(x).cpu();
+      at::Tensor N = NormMatrix(x);
       k_sum_[l] = k_sum_[l].defined() ? k_sum_[l] + N : N;
     });
   }
@@ -94,7 +94,7 @@ void QkIdentifier::Register(model::HookSet* hooks) {
 
 at::Tensor QkIdentifier::MeanNorms(int64_t layer, bool use_k) const {
   const at::Tensor& s = use_k ? k_sum_[layer] : q_sum_[layer];
-  return s.defined() ? s / static_cast<double>(n_prompts_) : s;
+  return s.defined() ? s.cpu() / static_cast<double>(n_prompts_) : s;
 }
 
 QkMasks QkIdentifier::Masks(double lambda, job::ThresholdScope scope) const {

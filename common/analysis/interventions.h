@@ -62,7 +62,7 @@ class QkIdentifier {
 
  private:
   ModelDims dims_;
-  std::vector<at::Tensor> q_sum_, k_sum_;  // Σ over prompts of N, CPU float64
+  std::vector<at::Tensor> q_sum_, k_sum_;  // Σ over prompts of N, float64 on the model's device
   int32_t n_prompts_ = 0;
 };
 

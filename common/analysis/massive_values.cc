@@ -52,23 +52,38 @@ class MassiveValues final : public LayerAnalysis {
     }
   }
 
+  // Observers reduce each prompt's activation to its norm matrix M on the device; Flush copies a forward's pending
+  // matrices to the host at once and accumulates them in the order the observers ran.
   void Register(const PromptCtx& p, model::HookSet* hooks) override {
     // Per-prompt totals are keyed by prompt: a packed forward registers several prompts before running them.
-    std::vector<int64_t>& totals = prompt_totals_[p.index];
-    totals.assign(tensors_.size(), 0);
+    prompt_totals_[p.index].assign(tensors_.size(), 0);
     for (size_t i = 0; i < tensors_.size(); ++i) {
       for (int64_t l = 0; l < dims_.n_layers; ++l)
         hooks->Observe(model::HookName(l, HookOf(tensors_[i], spec_.post_rotary)),
-                       [this, i, l, &totals, prompt = p.index](const model::HookPoint&, const at::Tensor& x) {
-                         const int64_t count = Observe(i, l, x);
-                         totals[i] += count;
-                         if (per_prompt_) {
-                           auto& counts = prompt_counts_[{prompt, static_cast<int32_t>(l)}];
-                           counts.resize(tensors_.size());
-                           counts[i] = static_cast<int32_t>(count);
-                         }
+                       [this, i, l, prompt = p.index](const model::HookPoint&, const at::Tensor& x) {
+                         pending_.push_back({i, l, prompt, NormMatrix(x)});
                        });
     }
+  }
+
+  void Flush() override {
+    if (pending_.empty()) return;
+    std::vector<at::Tensor> ms;
+    for (const Pending& pd : pending_) ms.push_back(pd.M);
+    const std::vector<at::Tensor> host = ToHost(ms);
+    for (size_t j = 0; j < pending_.size(); ++j) {
+      const Pending& pd = pending_[j];
+      const int64_t count = Observe(pd.tensor, pd.layer, host[j]);
+      std::vector<int64_t>& totals = prompt_totals_[pd.prompt];
+      totals.resize(tensors_.size());
+      totals[pd.tensor] += count;
+      if (per_prompt_) {
+        auto& counts = prompt_counts_[{pd.prompt, static_cast<int32_t>(pd.layer)}];
+        counts.resize(tensors_.size());
+        counts[pd.tensor] = static_cast<int32_t>(count);
+      }
+    }
+    pending_.clear();
   }
 
   void EndPrompt(const PromptCtx& p) override {
@@ -129,9 +144,15 @@ class MassiveValues final : public LayerAnalysis {
     StatAcc total;
   };
 
-  // Reduces one prompt's activation at one layer; returns its count of massive entries.
-  int64_t Observe(size_t i, int64_t l, const at::Tensor& x) {
-    at::Tensor M = NormMatrix(x).cpu();
+  struct Pending {  // one prompt's activation at one layer, waiting for Flush
+    size_t tensor;
+    int64_t layer;
+    int32_t prompt;
+    at::Tensor M;  // NormMatrix, float64 on the model's device
+  };
+
+  // Accumulates one prompt's norm matrix M (on the host) at one layer; returns its count of massive entries.
+  int64_t Observe(size_t i, int64_t l, const at::Tensor& M) {
     const int64_t count = MassiveMask(M, spec_.lambda, spec_.scope).sum().item<int64_t>();
     Layer& L = per_[i].layers[l];
     L.count.Add(static_cast<double>(count));
@@ -148,6 +169,7 @@ class MassiveValues final : public LayerAnalysis {
   std::vector<PerTensor> per_;
   std::map<int32_t, std::vector<int64_t>> prompt_totals_;  // prompt index -> count per tensor, until EndPrompt
   std::map<std::pair<int32_t, int32_t>, std::vector<int32_t>> prompt_counts_;  // (prompt, layer), KeepPerPrompt()
+  std::vector<Pending> pending_;
 };
 
 }  // namespace massive_values_internal

@@ -20,10 +20,10 @@ at::Tensor RowNorms(const at::Tensor& x) {
   return parts.size() == 1 ? parts[0] : at::cat(parts, 0);
 }
 
-BosStats ComputeBosStats(const at::Tensor& x) {
-  at::Tensor n = RowNorms(x).cpu().contiguous();
-  const double* p = n.data_ptr<double>();
-  const int64_t T = n.numel();
+namespace residual_stats_internal {
+
+// BosStats from the row norms n[0..T) of one prompt's X.
+BosStats FromNorms(const double* p, int64_t T) {
   BosStats s;
   s.bos_norm = p[0];
   if (T > 1) {
@@ -35,6 +35,13 @@ BosStats ComputeBosStats(const at::Tensor& x) {
   return s;
 }
 
+}  // namespace residual_stats_internal
+
+BosStats ComputeBosStats(const at::Tensor& x) {
+  at::Tensor n = RowNorms(x).cpu().contiguous();
+  return residual_stats_internal::FromNorms(n.data_ptr<double>(), n.numel());
+}
+
 namespace residual_stats_internal {
 
 class Impl final : public ResidualStats {
@@ -42,21 +49,40 @@ class Impl final : public ResidualStats {
   Impl(const job::ResidualStatsSpec& spec, const ModelDims& dims, bool emit)
       : spec_(spec), dims_(dims), emit_(emit), layers_(dims.n_layers) {}
 
+  // Observers keep each prompt's row norms on the device; Flush copies a forward's pending norms to the host at once
+  // and accumulates them in the order the observers ran.
   void Register(const PromptCtx& p, model::HookSet* hooks) override {
-    hooks->Observe(model::kEmbedHook, [this](const model::HookPoint&, const at::Tensor& x) {
-      embed_.Add(RowNorms(x.narrow(0, 0, 1)).item<double>());
+    hooks->Observe(model::kEmbedHook, [this, prompt = p.index](const model::HookPoint&, const at::Tensor& x) {
+      pending_.push_back({kEmbed, prompt, RowNorms(x.narrow(0, 0, 1))});
     });
     for (int64_t l = 0; l < dims_.n_layers; ++l) {
       const bool final_norm = spec_.final_norm_last_layer && l == dims_.n_layers - 1;
       hooks->Observe(final_norm ? std::string(model::kFinalNormHook) : model::HookName(l, model::HookId::kResidPost),
                      [this, l, prompt = p.index](const model::HookPoint&, const at::Tensor& x) {
-                       const BosStats s = ComputeBosStats(x);
-                       layers_[l].bos.Add(s.bos_norm);
-                       layers_[l].other.Add(s.mean_other_norm);
-                       layers_[l].ratio.Add(s.ratio);
-                       if (per_prompt_) prompt_[{prompt, static_cast<int32_t>(l)}] = s;
+                       pending_.push_back({l, prompt, RowNorms(x)});
                      });
     }
+  }
+
+  void Flush() override {
+    if (pending_.empty()) return;
+    std::vector<at::Tensor> norms;
+    for (const Pending& pd : pending_) norms.push_back(pd.norms);
+    const std::vector<at::Tensor> host = ToHost(norms);
+    for (size_t i = 0; i < pending_.size(); ++i) {
+      const Pending& pd = pending_[i];
+      const double* n = host[i].data_ptr<double>();
+      if (pd.layer == kEmbed) {
+        embed_.Add(n[0]);
+        continue;
+      }
+      const BosStats s = FromNorms(n, host[i].numel());
+      layers_[pd.layer].bos.Add(s.bos_norm);
+      layers_[pd.layer].other.Add(s.mean_other_norm);
+      layers_[pd.layer].ratio.Add(s.ratio);
+      if (per_prompt_) prompt_[{pd.prompt, static_cast<int32_t>(pd.layer)}] = s;
+    }
+    pending_.clear();
   }
 
   bool LastLayerAfterFinalNorm() const override { return spec_.final_norm_last_layer; }
@@ -114,12 +140,19 @@ class Impl final : public ResidualStats {
   struct Layer {
     StatAcc bos, other, ratio;
   };
+  static constexpr int64_t kEmbed = -1;  // Pending::layer of hook_embed's BOS norm
+  struct Pending {  // one prompt's layer, waiting for Flush
+    int64_t layer;
+    int32_t prompt;
+    at::Tensor norms;  // [T] float64 on the model's device
+  };
   job::ResidualStatsSpec spec_;
   ModelDims dims_;
   bool emit_;
   std::vector<Layer> layers_;
   StatAcc embed_;
   std::map<std::pair<int32_t, int32_t>, BosStats> prompt_;  // (prompt, layer), with KeepPerPrompt()
+  std::vector<Pending> pending_;
 };
 
 }  // namespace residual_stats_internal

@@ -56,10 +56,13 @@ TEST_F(StateTest, GracefulRestartKeepsQueuedJobsAndRequeuesTheRunningOne) {
   auto q2 = Submit(QuickJob("tiny-nope"), "key-q2");
   ASSERT_TRUE(q1.ok() && q2.ok());
   // A watcher of the running job: its stream ends UNAVAILABLE at shutdown (the job is not over), at once.
+  // Shut down only once the watcher is attached (has read 3 events): a stream still being set up would be
+  // cancelled by gRPC itself.
   std::vector<v1::JobEvent> before;
   grpc::Status watch_status;
-  std::thread watcher([&] { before = Stream(*slow, 0, &watch_status); });
-  ASSERT_TRUE(sinkscope::testing_util::WaitFor([&] { return server_->jobs().events().size(*slow) >= 3; }));
+  std::atomic<size_t> read{0};
+  std::thread watcher([&] { before = Stream(*slow, 0, &watch_status, &read); });
+  ASSERT_TRUE(sinkscope::testing_util::WaitFor([&] { return read >= 3; }));
   const auto t0 = std::chrono::steady_clock::now();
   server_->Shutdown(30.0);
   watcher.join();

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -130,8 +131,10 @@ class StateTest : public ::testing::Test {
     return resp.job_id();
   }
 
+  // `read`, if given, counts the events read so far (a watcher thread's progress: the stream is attached once it
+  // has read one).
   std::vector<sinkscope::v1::JobEvent> Stream(const std::string& id, uint64_t from = 0,
-                                              grpc::Status* status = nullptr) {
+                                              grpc::Status* status = nullptr, std::atomic<size_t>* read = nullptr) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
     sinkscope::v1::StreamJobRequest req;
@@ -140,7 +143,10 @@ class StateTest : public ::testing::Test {
     auto reader = stub_->StreamJob(&ctx, req);
     std::vector<sinkscope::v1::JobEvent> evs;
     sinkscope::v1::JobEvent ev;
-    while (reader->Read(&ev)) evs.push_back(ev);
+    while (reader->Read(&ev)) {
+      evs.push_back(ev);
+      if (read) ++*read;
+    }
     grpc::Status st = reader->Finish();
     if (status) *status = st;
     EXPECT_TRUE(st.ok() || status) << st.error_message();
