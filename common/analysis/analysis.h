@@ -77,6 +77,10 @@ class LayerAnalysis {
   // Called after every layer of a forward this analysis observes, and once more after the forward returns: work
   // deferred by the observers (batched over a packed forward's prompts) must be done and accumulated by then.
   virtual void Flush() {}
+  // Host work that Flush() left running in the background (matrix entropy's spectra with overlap, so that the
+  // device goes on with the next layer meanwhile): waits for and merges, in order, every batch whose layers are all
+  // <= through_layer. Fill(l) and FillPrompt(., l) need Settle(l) first, Summarize() a Settle of every layer.
+  virtual void Settle(int64_t through_layer) {}
   // Called after prompt `p`'s forward returned successfully (per-prompt totals over layers, ...).
   virtual void EndPrompt(const PromptCtx& p) {}
   // True if layer `layer`'s numbers only exist after the whole forward (last layer read after the final norm).

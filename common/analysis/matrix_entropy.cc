@@ -5,8 +5,10 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
-#include <map>
+#include <deque>
+#include <future>
 #include <limits>
+#include <map>
 
 namespace sinkscope::analysis {
 
@@ -70,12 +72,13 @@ namespace matrix_entropy_internal {
 
 class MatrixEntropy final : public LayerAnalysis {
  public:
-  MatrixEntropy(const job::MatrixEntropySpec& spec, const ModelDims& dims)
-      : spec_(spec), dims_(dims), layers_(dims.n_layers) {}
+  MatrixEntropy(const job::MatrixEntropySpec& spec, const ModelDims& dims, bool overlap)
+      : spec_(spec), dims_(dims), overlap_(overlap), layers_(dims.n_layers) {}
 
   // Observers only form each prompt's Gram matrix and ‖X‖²_F on the device; Flush computes the spectra of all
   // pending ones (every prompt of a packed forward at a layer) in one batched eigvalsh per matrix size, with one
   // copy to the host, and accumulates them in prompt order — what one ComputeMatrixEntropy per prompt gives.
+  // With overlap, the spectra are solved on a background thread and accumulated by Settle, batch after batch.
   void Register(const PromptCtx& p, model::HookSet* hooks) override {
     for (int64_t l = 0; l < dims_.n_layers; ++l) {
       const bool final_norm = spec_.final_norm_last_layer && l == dims_.n_layers - 1;
@@ -89,35 +92,43 @@ class MatrixEntropy final : public LayerAnalysis {
 
   void Flush() override {
     if (pending_.empty()) return;
+    Batch b;
+    b.items = std::move(pending_);
+    pending_.clear();
     std::vector<at::Tensor> fs;
-    for (const Pending& p : pending_) fs.push_back(p.F);
-    const at::Tensor F = at::stack(fs).cpu().contiguous();
-    const double* f = F.data_ptr<double>();
+    for (const Pending& p : b.items) {
+      fs.push_back(p.F);
+      b.layer = std::max(b.layer, p.layer);
+    }
+    b.F = at::stack(fs).cpu().contiguous();
+    const double* f = b.F.data_ptr<double>();
     // Spectra of the well-formed matrices, batched by size (NaN input would fail the eigensolver).
     std::map<int64_t, std::vector<size_t>> by_size;
-    for (size_t i = 0; i < pending_.size(); ++i)
-      if (std::isfinite(f[i]) && f[i] >= 1e-10) by_size[pending_[i].gram.size(0)].push_back(i);
-    std::vector<at::Tensor> spectrum(pending_.size());
+    for (size_t i = 0; i < b.items.size(); ++i)
+      if (std::isfinite(f[i]) && f[i] >= 1e-10) by_size[b.items[i].gram.size(0)].push_back(i);
+    const bool on_host = b.items[0].gram.is_cpu();
+    std::vector<at::Tensor> grams;  // one [B, n, n] stack per size
     for (const auto& [n, idx] : by_size) {
-      std::vector<at::Tensor> grams;
-      for (size_t i : idx) grams.push_back(pending_[i].gram);
-      const at::Tensor ev = BatchEigvalsh(at::stack(grams)).contiguous();  // [B, n] ascending
-      for (size_t k = 0; k < idx.size(); ++k) spectrum[idx[k]] = ev[static_cast<int64_t>(k)];
+      std::vector<at::Tensor> g;
+      for (size_t i : idx) g.push_back(b.items[i].gram);
+      b.groups.push_back(idx);
+      grams.push_back(overlap_ ? at::stack(g).cpu() : at::stack(g));
     }
-    for (size_t i = 0; i < pending_.size(); ++i) {
-      const Pending& p = pending_[i];
-      EntropyStats s;
-      if (!std::isfinite(f[i])) {
-        s = NotFinite();
-      } else if (spectrum[i].defined()) {
-        s = FromSpectrum(spectrum[i].data_ptr<double>(), spectrum[i].numel(), f[i], p.T, p.d);
-      }  // else degenerate X: the study's (0, 1)
-      layers_[p.layer].entropy.Add(s.entropy);
-      layers_[p.layer].anisotropy.Add(s.anisotropy);
-      layers_[p.layer].normalized.Add(s.normalized);
-      if (per_prompt_) prompt_[{p.prompt, static_cast<int32_t>(p.layer)}] = s;
+    for (Pending& p : b.items) p.gram = at::Tensor();  // the stacks hold them now
+    if (!overlap_) {
+      Merge(b, Solve(grams, on_host));
+      return;
     }
-    pending_.clear();
+    b.spectra = std::async(std::launch::async, [grams = std::move(grams), on_host] { return Solve(grams, on_host); });
+    inflight_.push_back(std::move(b));
+  }
+
+  void Settle(int64_t through_layer) override {
+    while (!inflight_.empty() && inflight_.front().layer <= through_layer) {
+      Batch b = std::move(inflight_.front());
+      inflight_.pop_front();
+      Merge(b, b.spectra.get());
+    }
   }
 
   bool LastLayerAfterFinalNorm() const override { return spec_.final_norm_last_layer; }
@@ -159,17 +170,57 @@ class MatrixEntropy final : public LayerAnalysis {
     at::Tensor gram, F;  // float64 on the model's device
     int64_t T, d;
   };
+  struct Batch {  // one Flush's prompts: their ‖X‖²_F on the host, their spectra (solved or being solved)
+    std::vector<Pending> items;
+    int64_t layer = -1;                      // the highest layer among items
+    at::Tensor F;                            // [items] float64, CPU
+    std::vector<std::vector<size_t>> groups;  // indices into items of each solved stack, by matrix size
+    std::future<std::vector<at::Tensor>> spectra;
+  };
+
+  // Ascending spectra of each stack, on the host: what BatchEigvalsh gives for a stack on its model's device.
+  static std::vector<at::Tensor> Solve(const std::vector<at::Tensor>& grams, bool on_host) {
+    std::vector<at::Tensor> out;
+    for (const at::Tensor& g : grams)
+      out.push_back((on_host || !g.is_cpu() ? BatchEigvalsh(g) : HostParallelEigvalsh(g)).contiguous());
+    return out;
+  }
+
+  // Accumulates a batch, prompt by prompt in the order the observers ran.
+  void Merge(const Batch& b, const std::vector<at::Tensor>& ev) {
+    std::vector<at::Tensor> spectrum(b.items.size());
+    for (size_t g = 0; g < b.groups.size(); ++g)
+      for (size_t k = 0; k < b.groups[g].size(); ++k) spectrum[b.groups[g][k]] = ev[g][static_cast<int64_t>(k)];
+    const double* f = b.F.data_ptr<double>();
+    for (size_t i = 0; i < b.items.size(); ++i) {
+      const Pending& p = b.items[i];
+      EntropyStats s;
+      if (!std::isfinite(f[i])) {
+        s = NotFinite();
+      } else if (spectrum[i].defined()) {
+        s = FromSpectrum(spectrum[i].data_ptr<double>(), spectrum[i].numel(), f[i], p.T, p.d);
+      }  // else degenerate X: the study's (0, 1)
+      layers_[p.layer].entropy.Add(s.entropy);
+      layers_[p.layer].anisotropy.Add(s.anisotropy);
+      layers_[p.layer].normalized.Add(s.normalized);
+      if (per_prompt_) prompt_[{p.prompt, static_cast<int32_t>(p.layer)}] = s;
+    }
+  }
+
   std::vector<Pending> pending_;
+  std::deque<Batch> inflight_;  // with overlap: flushed batches not yet merged, oldest first
   std::map<std::pair<int32_t, int32_t>, EntropyStats> prompt_;  // (prompt, layer), with KeepPerPrompt()
   job::MatrixEntropySpec spec_;
   ModelDims dims_;
+  bool overlap_;
   std::vector<Layer> layers_;
 };
 
 }  // namespace matrix_entropy_internal
 
-std::unique_ptr<LayerAnalysis> MakeMatrixEntropy(const job::MatrixEntropySpec& spec, const ModelDims& dims) {
-  return std::make_unique<matrix_entropy_internal::MatrixEntropy>(spec, dims);
+std::unique_ptr<LayerAnalysis> MakeMatrixEntropy(const job::MatrixEntropySpec& spec, const ModelDims& dims,
+                                                 bool overlap) {
+  return std::make_unique<matrix_entropy_internal::MatrixEntropy>(spec, dims, overlap);
 }
 
 }  // namespace sinkscope::analysis

@@ -33,6 +33,9 @@ at::Tensor BatchEigvalsh(const at::Tensor& grams);
 // A host batch solved one matrix per intra-op thread (the same LAPACK routine per matrix as the batched call).
 at::Tensor HostParallelEigvalsh(const at::Tensor& grams);
 
-std::unique_ptr<LayerAnalysis> MakeMatrixEntropy(const job::MatrixEntropySpec& spec, const ModelDims& dims);
+// `overlap`: Flush() copies each batch to the host and solves it on a background thread while the device goes on
+// with the next layer; Settle() merges the solved batches (in order, bit for bit what solving at once gives).
+std::unique_ptr<LayerAnalysis> MakeMatrixEntropy(const job::MatrixEntropySpec& spec, const ModelDims& dims,
+                                                 bool overlap = false);
 
 }  // namespace sinkscope::analysis

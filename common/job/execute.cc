@@ -2,6 +2,7 @@
 // <ATen/core/Tensor.h> (through the model and analysis headers); the tensor math lives in common/analysis/.
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <memory>
@@ -93,7 +94,8 @@ class Executor {
     ms_.num_prompts = static_cast<int32_t>(mp.prompts.size());
     ms_.truncated_prompts = mp.truncated;
     for (const auto& p : mp.prompts) ms_.num_tokens += static_cast<int64_t>(p.size());
-    obs_ = std::make_unique<Observers>(plan_, dims_);
+    // Host work in the background only where the device can go on meanwhile: a GPU model (or tests).
+    obs_ = std::make_unique<Observers>(plan_, dims_, model.device() != "cpu" || plan_.overlap_host_work_on_cpu);
     prompt_ppl_.assign(mp.prompts.size(), {});
     base_ = analysis::NllAccumulator{};
     base_ppl_ = 0;
@@ -195,7 +197,8 @@ class Executor {
 
   // One wave, layer-major (waves.h): one hook set per prompt (the analyses' observers are per prompt), deferred work
   // flushed after every forward's layer as in a prompt-major run, and layer l streamed once the wave has left it
-  // (the last layer after the final norms when an analysis reads it there).
+  // (the last layer after the final norms when an analysis reads it there). With background host work
+  // (Observers::overlapped), layer l streams once the wave has left layer l + 1: its host work ran meanwhile.
   absl::Status RunBaselineWave(size_t w, size_t w_end) {
     const ModelPlan& mp = plan_.models[m_];
     const std::vector<Pass>& passes = plan_.passes;
@@ -223,13 +226,21 @@ class Executor {
       ReportProgress("baseline", done - 1, P, l, L, /*force=*/false);
       return Cancelled();
     };
+    int32_t emitted = -1;  // this wave's layers streamed so far
+    auto emit_through = [&](int32_t last) {
+      obs_->Settle(last);
+      for (int32_t e = emitted + 1; e <= last; ++e)
+        if (!(obs_->last_after_norm && e == L - 1)) EmitLayer(e, done);
+      emitted = std::max(emitted, last);
+    };
     cb.layer_done = [&](int l) {
-      if (!(obs_->last_after_norm && l == L - 1)) EmitLayer(l, done);
+      emit_through(obs_->overlapped ? l - 1 : l);
       keeper_->AfterLayer(l, obs_->resid, obs_->ident.get());
     };
     cb.after_finish = [&](size_t) { obs_->Flush(); };
     const bool want_nll = plan_.perplexity() != nullptr;
     ASSIGN_OR_RETURN(std::vector<model::ForwardResult> results, RunWave(*mp.handle.model, in.forwards, want_nll, cb));
+    emit_through(L - 1);
     for (const auto& a : obs_->emitted)
       RETURN_IF_ERROR(WithContext(a->status(), absl::StrCat("model ", mp.handle.name)));
     for (const analysis::PromptCtx& c : in.ctx)

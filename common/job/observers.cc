@@ -29,7 +29,7 @@ std::vector<ComparisonRow> Compare(const std::vector<ModelSummary>& ms) {
   return rows;
 }
 
-Observers::Observers(const Plan& plan, const analysis::ModelDims& dims) {
+Observers::Observers(const Plan& plan, const analysis::ModelDims& dims, bool overlap) {
   for (const AnalysisSpec& a : plan.spec.analyses) {
     std::visit(Overloaded{[&](const SinkRateSpec& s) { emitted.push_back(analysis::MakeSinkRate(s, dims)); },
                           [&](const MassiveValuesSpec& s) { emitted.push_back(analysis::MakeMassiveValues(s, dims)); },
@@ -38,7 +38,10 @@ Observers::Observers(const Plan& plan, const analysis::ModelDims& dims) {
                             resid = r.get();
                             emitted.push_back(std::move(r));
                           },
-                          [&](const MatrixEntropySpec& s) { emitted.push_back(analysis::MakeMatrixEntropy(s, dims)); },
+                          [&](const MatrixEntropySpec& s) {
+                            emitted.push_back(analysis::MakeMatrixEntropy(s, dims, overlap));
+                            overlapped = overlap;
+                          },
                           [&](const PerplexitySpec&) {},
                           [&](const ActivationStatsSpec& s) {
                             emitted.push_back(analysis::MakeActivationStats(s, dims));
@@ -75,6 +78,10 @@ void Observers::Register(const analysis::PromptCtx& ctx, model::HookSet* hooks) 
 void Observers::Flush() const {
   for (const auto& a : emitted) a->Flush();
   if (hidden_resid) hidden_resid->Flush();
+}
+
+void Observers::Settle(int64_t through_layer) const {
+  for (const auto& a : emitted) a->Settle(through_layer);
 }
 
 std::optional<LayerResult> Observers::Layer(const std::string& model, int32_t l, int32_t done, int32_t total) const {

@@ -25,12 +25,16 @@ struct Observers {
   std::unique_ptr<analysis::ResidualStats> hidden_resid;
   std::unique_ptr<analysis::QkIdentifier> ident;  // Q/K massive dims on the job's inputs
   bool last_after_norm = false, model_level = false;
+  bool overlapped = false;  // some analysis leaves host work running after Flush (Settle before Layer)
 
-  Observers(const Plan& plan, const analysis::ModelDims& dims);
+  // `overlap`: analyses with host work (matrix entropy) do it in the background (analysis::LayerAnalysis::Settle).
+  Observers(const Plan& plan, const analysis::ModelDims& dims, bool overlap);
   // Registers every analysis's observers for one prompt of a pack.
   void Register(const analysis::PromptCtx& ctx, model::HookSet* hooks) const;
   // Deferred (batched) work of the analyses, after every layer and forward.
   void Flush() const;
+  // Merges the background work of layers <= through_layer (LayerAnalysis::Settle).
+  void Settle(int64_t through_layer) const;
   // Layer l's result over the first `done` of `total` prompts (partial while done < total); none when no analysis
   // reports that layer.
   std::optional<LayerResult> Layer(const std::string& model, int32_t l, int32_t done, int32_t total) const;

@@ -100,6 +100,53 @@ TEST(LayerMajor, EveryAnalysisAndInterventionEqualsPromptMajor) {
   }
 }
 
+// Matrix entropy's spectra solved on a background thread while the next layer runs (what a GPU model does): not a
+// bit moves, per prompt included, and the layer events are the same events in the same order (each layer streams a
+// layer later), for one wave, several and prompt-major order, last layer read after the final norm or not.
+TEST(LayerMajor, BackgroundSpectraChangeNoNumberNorTheEvents) {
+  const auto models = Models();
+  job::ResidualStatsSpec rs;
+  rs.final_norm_last_layer = true;
+  job::MatrixEntropySpec me;
+  me.final_norm_last_layer = true;
+  std::vector<job::JobSpec> specs = {Spec({"rope", "nope", "gqa"}, Prompts(), EveryAnalysis()),
+                                     Spec({"gqa", "nope"}, Prompts(), {job::SinkRateSpec{}, rs, me, EveryIntervention()})};
+  specs[0].per_prompt = true;
+  auto sequence = [](const RecordingSink& sink) {
+    std::vector<std::string> seq;
+    for (const auto& e : sink.events) {
+      if (const auto* r = std::get_if<job::LayerResult>(&e))
+        seq.push_back(absl::StrCat(r->model, "/L", r->layer, " ", r->prompts_done, r->partial ? " partial" : ""));
+      if (const auto* p = std::get_if<job::PerplexityResult>(&e)) seq.push_back(p->model + "/" + p->condition);
+    }
+    return seq;
+  };
+  for (size_t sp = 0; sp < specs.size(); ++sp)
+    for (int32_t pack : {0, 20})
+      for (int64_t budget : {kOneWave, SeveralWaves(pack), kPromptMajor}) {
+        job::RunLimits plain = Limits(pack, budget), overlap = plain;
+        overlap.overlap_host_work_on_cpu = true;
+        RecordingSink a, b;
+        const std::vector<job::ModelHandle> handles =
+            sp == 0 ? models : std::vector<job::ModelHandle>{models[2], models[1]};
+        auto ra = job::RunJob(specs[sp], handles, plain, &a, NoCancel());
+        auto rb = job::RunJob(specs[sp], handles, overlap, &b, NoCancel());
+        ASSERT_TRUE(ra.ok() && rb.ok()) << ra.status() << rb.status();
+        const std::string tag = absl::StrCat("spec ", sp, ", pack ", pack, ", budget ", budget);
+        EXPECT_EQ(Compare(Numbers(a), Numbers(b), tag.c_str()), 0.0);
+        EXPECT_EQ(sequence(a), sequence(b)) << tag;
+        const auto pa = a.All<job::PromptResult>(), pb = b.All<job::PromptResult>();
+        ASSERT_EQ(pa.size(), pb.size()) << tag;
+        for (size_t i = 0; i < pa.size(); ++i) {
+          ASSERT_EQ(pa[i].layers.size(), pb[i].layers.size()) << tag;
+          for (size_t l = 0; l < pa[i].layers.size(); ++l) {
+            EXPECT_EQ(pa[i].layers[l].entropy, pb[i].layers[l].entropy) << tag << " prompt " << i << " L" << l;
+            EXPECT_EQ(pa[i].layers[l].anisotropy, pb[i].layers[l].anisotropy) << tag;
+          }
+        }
+      }
+}
+
 TEST(LayerMajor, AModelsOwnBudgetsOverrideTheLimits) {
   // The server sizes budgets per model from its device (ModelHandle); the plan follows the model's, not RunLimits'.
   auto models = Models();
