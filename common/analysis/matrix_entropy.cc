@@ -172,8 +172,8 @@ class MatrixEntropy final : public LayerAnalysis {
   };
   struct Batch {  // one Flush's prompts: their ‖X‖²_F on the host, their spectra (solved or being solved)
     std::vector<Pending> items;
-    int64_t layer = -1;                      // the highest layer among items
-    at::Tensor F;                            // [items] float64, CPU
+    int64_t layer = -1;                       // the highest layer among items
+    at::Tensor F;                             // [items] float64, CPU
     std::vector<std::vector<size_t>> groups;  // indices into items of each solved stack, by matrix size
     std::future<std::vector<at::Tensor>> spectra;
   };
