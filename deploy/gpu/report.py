@@ -78,7 +78,8 @@ def seconds(ts):
 def streaming(ev):
     """Per model, when its final layer events arrived (server timestamps), from its first progress event (its first
     forward begins) to its first perplexity event (its baseline is done): layers stream at the pace they are computed
-    when the first comes after ~1/L of that span and the gaps are even."""
+    when the first comes after ~1/L of that span (~2/L on a GPU with matrix entropy, a layer late) and the gaps are
+    even."""
     out = {}
     for e in ev:
         t = seconds(e.get("time"))
@@ -267,8 +268,9 @@ def main():
         L.append("sinkscope bench not run or no summary (see the steps table).\n")
     if res["bench"]["streaming"]:
         L.append("\nLayer-wise streaming (same job; server timestamps of each model's final layer events, from its "
-                 "first forward): with one wave every layer's result is sent as the wave leaves the layer, so the "
-                 "first arrives after about 1/L of the baseline and the gaps are even.\n")
+                 "first forward): with one wave every layer's result is sent as the wave leaves the layer (matrix "
+                 "entropy's as it leaves the next one: the host solves the spectra meanwhile), so the first arrives "
+                 "after about 1/L (2/L) of the baseline and the gaps are even.\n")
         L.append("| model | layer events | first (s) | last (s) | first/last | mean gap (ms) | max/mean gap | "
                  "baseline done (s) |\n|---|---|---|---|---|---|---|---|")
         for model, st in res["bench"]["streaming"].items():
