@@ -119,15 +119,9 @@ class ActivationStats final : public LayerAnalysis {
   }
 
   void Flush() override {
-    if (pending_.empty()) return;
-    std::vector<at::Tensor> stats;
-    for (const Pending& pd : pending_) stats.push_back(pd.stats);
-    const std::vector<at::Tensor> host = ToHost(stats);
-    for (size_t j = 0; j < pending_.size(); ++j) {
-      const Pending& pd = pending_[j];
-      (pd.bos ? bos_ : rest_)[pd.hook].AddChunk(pd.nb, pd.rows, host[j]);
-    }
-    pending_.clear();
+    MergePending(&pending_, &Pending::stats, [this](const Pending& pd, const at::Tensor& stats) {
+      (pd.bos ? bos_ : rest_)[pd.hook].AddChunk(pd.nb, pd.rows, stats);
+    });
   }
 
   bool HasModelLevel() const override {

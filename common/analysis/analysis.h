@@ -64,6 +64,19 @@ int32_t ArgBest(int32_t n, const std::function<double(int32_t)>& value, bool low
 // them all at once. Returns contiguous CPU float64 tensors of the same shapes, in order (CPU inputs as they are).
 std::vector<at::Tensor> ToHost(const std::vector<at::Tensor>& tensors);
 
+// The Flush() of an analysis whose observers leave one device tensor (member `tensor`) per pending item: copies them
+// all to the host at once and calls merge(item, host tensor) for each item, in order; then clears `pending`.
+template <class Item, class Merge>
+void MergePending(std::vector<Item>* pending, at::Tensor Item::*tensor, Merge merge) {
+  if (pending->empty()) return;
+  std::vector<at::Tensor> on_device;
+  on_device.reserve(pending->size());
+  for (const Item& item : *pending) on_device.push_back(item.*tensor);
+  const std::vector<at::Tensor> host = ToHost(on_device);
+  for (size_t i = 0; i < pending->size(); ++i) merge((*pending)[i], host[i]);
+  pending->clear();
+}
+
 // Gini coefficient of non-negative values, in float64 (the study's fp16 version overflowed, docs/study.md §6.6):
 //   x sorted ascending, i = 1..n:  G = 2·Σ i·x_i / (n·Σ x_i) − (n+1)/n ;  G = 0 when Σ x_i = 0.
 double Gini(std::vector<double> values);

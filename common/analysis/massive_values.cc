@@ -67,13 +67,8 @@ class MassiveValues final : public LayerAnalysis {
   }
 
   void Flush() override {
-    if (pending_.empty()) return;
-    std::vector<at::Tensor> ms;
-    for (const Pending& pd : pending_) ms.push_back(pd.M);
-    const std::vector<at::Tensor> host = ToHost(ms);
-    for (size_t j = 0; j < pending_.size(); ++j) {
-      const Pending& pd = pending_[j];
-      const int64_t count = Observe(pd.tensor, pd.layer, host[j]);
+    MergePending(&pending_, &Pending::M, [this](const Pending& pd, const at::Tensor& M) {
+      const int64_t count = Observe(pd.tensor, pd.layer, M);
       std::vector<int64_t>& totals = prompt_totals_[pd.prompt];
       totals.resize(tensors_.size());
       totals[pd.tensor] += count;
@@ -82,8 +77,7 @@ class MassiveValues final : public LayerAnalysis {
         counts.resize(tensors_.size());
         counts[pd.tensor] = static_cast<int32_t>(count);
       }
-    }
-    pending_.clear();
+    });
   }
 
   void EndPrompt(const PromptCtx& p) override {

@@ -65,24 +65,18 @@ class Impl final : public ResidualStats {
   }
 
   void Flush() override {
-    if (pending_.empty()) return;
-    std::vector<at::Tensor> norms;
-    for (const Pending& pd : pending_) norms.push_back(pd.norms);
-    const std::vector<at::Tensor> host = ToHost(norms);
-    for (size_t i = 0; i < pending_.size(); ++i) {
-      const Pending& pd = pending_[i];
-      const double* n = host[i].data_ptr<double>();
+    MergePending(&pending_, &Pending::norms, [this](const Pending& pd, const at::Tensor& norms) {
+      const double* n = norms.data_ptr<double>();
       if (pd.layer == kEmbed) {
         embed_.Add(n[0]);
-        continue;
+        return;
       }
-      const BosStats s = FromNorms(n, host[i].numel());
+      const BosStats s = FromNorms(n, norms.numel());
       layers_[pd.layer].bos.Add(s.bos_norm);
       layers_[pd.layer].other.Add(s.mean_other_norm);
       layers_[pd.layer].ratio.Add(s.ratio);
       if (per_prompt_) prompt_[{pd.prompt, static_cast<int32_t>(pd.layer)}] = s;
-    }
-    pending_.clear();
+    });
   }
 
   bool LastLayerAfterFinalNorm() const override { return spec_.final_norm_last_layer; }
