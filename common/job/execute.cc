@@ -94,8 +94,11 @@ class Executor {
     ms_.num_prompts = static_cast<int32_t>(mp.prompts.size());
     ms_.truncated_prompts = mp.truncated;
     for (const auto& p : mp.prompts) ms_.num_tokens += static_cast<int64_t>(p.size());
-    // Host work in the background only where the device can go on meanwhile: a GPU model (or tests).
-    obs_ = std::make_unique<Observers>(plan_, dims_, model.device() != "cpu" || plan_.overlap_host_work_on_cpu);
+    // Host work in the background where the device can go on meanwhile: a GPU model (RunLimits::HostWork).
+    using HostWork = RunLimits::HostWork;
+    const bool background =
+        plan_.host_work == HostWork::kAuto ? model.device() != "cpu" : plan_.host_work == HostWork::kBackground;
+    obs_ = std::make_unique<Observers>(plan_, dims_, background);
     prompt_ppl_.assign(mp.prompts.size(), {});
     base_ = analysis::NllAccumulator{};
     base_ppl_ = 0;

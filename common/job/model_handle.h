@@ -45,10 +45,11 @@ struct RunLimits {
   // (one wave, every residual an intervention can reuse kept). 2 GiB suits a CPU host; the server sizes it from
   // each model's device (ModelHandle.residual_memory_bytes).
   int64_t residual_memory_bytes = int64_t{2} << 30;
-  // Matrix entropy's spectra are solved on the host. For a model on a GPU that runs on a background thread while the
-  // device computes the next layers, and a layer's result streams once its spectra are in (a layer later). Tests set
-  // this to do the same for CPU models and check that no number changes.
-  bool overlap_host_work_on_cpu = false;
+  // Matrix entropy's spectra are solved on the host. kAuto: for a model on a GPU on a background thread while the
+  // device computes the next layers (a layer's result then streams a layer later); for a CPU model at once, its
+  // cores being busy with the forward. kBackground / kAtOnce force either (tests check that they agree).
+  enum class HostWork { kAuto, kBackground, kAtOnce };
+  HostWork host_work = HostWork::kAuto;
 };
 
 // The budgets that apply to `h`: its own when set (>= 0), else the limits'.

@@ -191,7 +191,7 @@ absl::StatusOr<Plan> BuildPlan(JobSpec spec, std::vector<ModelHandle> models, co
   DatasetCache datasets(limits.data_dir);
   RETURN_IF_ERROR(ValidateJob(spec, models, limits, &datasets));
   Plan plan;
-  plan.overlap_host_work_on_cpu = limits.overlap_host_work_on_cpu;
+  plan.host_work = limits.host_work;
   plan.spec = std::move(spec);
   for (size_t i = 0; i < plan.spec.analyses.size(); ++i)
     if (std::holds_alternative<PerplexitySpec>(plan.spec.analyses[i])) plan.perplexity_index = static_cast<int32_t>(i);

@@ -66,7 +66,7 @@ struct Plan {
   std::vector<Pass> passes;         // execution order (see the file comment)
   std::string inputs_digest;        // SHA-256 over model names and every prompt's ids
   Estimate estimate;
-  bool overlap_host_work_on_cpu = false;  // RunLimits'
+  RunLimits::HostWork host_work = RunLimits::HostWork::kAuto;  // RunLimits'
 
   const PerplexitySpec* perplexity() const;  // null when the job has no perplexity analysis
 };

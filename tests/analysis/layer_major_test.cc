@@ -100,17 +100,19 @@ TEST(LayerMajor, EveryAnalysisAndInterventionEqualsPromptMajor) {
   }
 }
 
-// Matrix entropy's spectra solved on a background thread while the next layer runs (what a GPU model does): not a
-// bit moves, per prompt included, and the layer events are the same events in the same order (each layer streams a
-// layer later), for one wave, several and prompt-major order, last layer read after the final norm or not.
+// Matrix entropy's spectra solved on a background thread while the next layer runs (what a GPU model does) or at
+// once (what a CPU model does), forced either way on the test device: not a bit moves, per prompt included, and the
+// layer events are the same events in the same order (each layer streams a layer later), for one wave, several and
+// prompt-major order, last layer read after the final norm or not.
 TEST(LayerMajor, BackgroundSpectraChangeNoNumberNorTheEvents) {
   const auto models = Models();
   job::ResidualStatsSpec rs;
   rs.final_norm_last_layer = true;
   job::MatrixEntropySpec me;
   me.final_norm_last_layer = true;
-  std::vector<job::JobSpec> specs = {Spec({"rope", "nope", "gqa"}, Prompts(), EveryAnalysis()),
-                                     Spec({"gqa", "nope"}, Prompts(), {job::SinkRateSpec{}, rs, me, EveryIntervention()})};
+  std::vector<job::JobSpec> specs = {
+      Spec({"rope", "nope", "gqa"}, Prompts(), EveryAnalysis()),
+      Spec({"gqa", "nope"}, Prompts(), {job::SinkRateSpec{}, rs, me, EveryIntervention()})};
   specs[0].per_prompt = true;
   auto sequence = [](const RecordingSink& sink) {
     std::vector<std::string> seq;
@@ -125,7 +127,8 @@ TEST(LayerMajor, BackgroundSpectraChangeNoNumberNorTheEvents) {
     for (int32_t pack : {0, 20})
       for (int64_t budget : {kOneWave, SeveralWaves(pack), kPromptMajor}) {
         job::RunLimits plain = Limits(pack, budget), overlap = plain;
-        overlap.overlap_host_work_on_cpu = true;
+        plain.host_work = job::RunLimits::HostWork::kAtOnce;
+        overlap.host_work = job::RunLimits::HostWork::kBackground;
         RecordingSink a, b;
         const std::vector<job::ModelHandle> handles =
             sp == 0 ? models : std::vector<job::ModelHandle>{models[2], models[1]};
