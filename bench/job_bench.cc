@@ -4,8 +4,10 @@
 // For each budget (RunLimits.pack_tokens; 0 = one prompt per forward) it reports the forwards run, the best and
 // median wall time of N repeats, tokens/s (tokens through all forwards / best time), the speed-up over one prompt
 // per forward, and the largest relative difference of any summary metric or perplexity from the unpacked run (a
-// correctness check on the timed jobs themselves: packing must not move a number). Writes <out>/packing.md and
-// <out>/packing.json.
+// correctness check on the timed jobs themselves: packing must not move a number). It also counts the ATen ops the
+// untimed warm-up run dispatches (top-level calls, i.e. what the engine asks for; on a GPU each launches one or more
+// kernels, and the launch cost of many small ones is what packing and deferred copies are about), in all and per
+// layer computed. Writes <out>/packing.md and <out>/packing.json.
 //
 // Usage: sinkscope-job-bench [--models=models/tiny-rope,models/tiny-drope] [--device=cpu] [--dtype=float32]
 //                            [--dataset=brown-heldout] [--data-dir=models/datasets] [--prompts=64]
@@ -14,10 +16,14 @@
 //                            [--ids=FILE]   (a JSON array of token-id prompts instead of --dataset)
 //                            [--digest=0]   (1: hash the weights at load, as the server does by default)
 
+#include <ATen/record_function.h>
+
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -37,6 +43,28 @@ namespace {
 namespace job = sinkscope::job;
 using sinkscope::bench::Clock;
 using sinkscope::bench::Seconds;
+
+// Top-level ATen ops dispatched while an OpCounter lives (ops called from inside other ops are not counted).
+std::atomic<int64_t> g_top_level_ops{0};
+thread_local int g_op_depth = 0;
+
+class OpCounter {
+ public:
+  OpCounter() {
+    g_top_level_ops = 0;
+    handle_ = at::addGlobalCallback(at::RecordFunctionCallback(
+        [](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> {
+          if (g_op_depth++ == 0) ++g_top_level_ops;
+          return nullptr;
+        },
+        [](const at::RecordFunction&, at::ObserverContext*) { --g_op_depth; }));
+  }
+  ~OpCounter() { at::removeCallback(handle_); }
+  int64_t ops() const { return g_top_level_ops; }
+
+ private:
+  at::CallbackHandle handle_;
+};
 
 // Every summary metric and perplexity of a run, by name.
 std::map<std::string, double> Numbers(const job::Summary& s) {
@@ -116,13 +144,20 @@ int main(int argc, char** argv) {
     }
     std::vector<double> times;
     std::map<std::string, double> numbers;
-    for (int64_t r = 0; r <= repeats; ++r) {  // run 0 warms up (allocator, caches) and is not timed
+    int64_t ops = 0, layers = 0;
+    for (int64_t r = 0; r <= repeats; ++r) {  // run 0 warms up (allocator, caches), counts ops and is not timed
+      std::optional<OpCounter> counter;
+      if (r == 0) counter.emplace();
       const auto t0 = Clock::now();
       auto s = job::Execute(*plan, nullptr, [] { return absl::OkStatus(); });
       const double t = Seconds(t0, Clock::now());
       if (!s.ok()) {
         std::cerr << "job: " << s.status() << "\n";
         return 1;
+      }
+      if (r == 0) {
+        ops = counter->ops();
+        for (const job::ModelSummary& m : s->models) layers += m.layers_computed;
       }
       if (r > 0) times.push_back(t);
       numbers = Numbers(*s);
@@ -139,7 +174,10 @@ int main(int argc, char** argv) {
                           {"median_s", sinkscope::bench::Median(times)},
                           {"tokens_per_s", tokens / best},
                           {"speedup_vs_first", unpacked_best / best},
-                          {"max_rel_diff_vs_first", worst}};
+                          {"max_rel_diff_vs_first", worst},
+                          {"aten_ops", ops},
+                          {"layers_computed", layers},
+                          {"aten_ops_per_layer", layers > 0 ? static_cast<double>(ops) / layers : 0.0}};
     std::cerr << run.dump() << "\n";
     out["runs"].push_back(run);
   }
@@ -164,15 +202,19 @@ int main(int argc, char** argv) {
       flags["models"], flags["dtype"], flags["device"], flags["prompts"],
       flags["ids"].empty() ? "dataset " + flags["dataset"] : "token ids from " + flags["ids"], flags["max-tokens"],
       static_cast<int>(repeats));
-  md << "| pack_tokens | forwards | tokens | best (s) | median (s) | tokens/s | speed-up | max rel. diff |\n";
-  md << "|---|---|---|---|---|---|---|---|\n";
+  md << "| pack_tokens | forwards | tokens | best (s) | median (s) | tokens/s | speed-up | max rel. diff | ATen ops | "
+        "ops / layer |\n";
+  md << "|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& r : out["runs"])
-    md << absl::StrFormat("| %d | %d | %d | %.3f | %.3f | %.0f | %.2f | %.1e |\n", r["pack_tokens"].get<int>(),
-                          r["forwards"].get<int64_t>(), r["tokens"].get<int64_t>(), r["best_s"].get<double>(),
-                          r["median_s"].get<double>(), r["tokens_per_s"].get<double>(),
-                          r["speedup_vs_first"].get<double>(), r["max_rel_diff_vs_first"].get<double>());
+    md << absl::StrFormat("| %d | %d | %d | %.3f | %.3f | %.0f | %.2f | %.1e | %d | %.0f |\n",
+                          r["pack_tokens"].get<int>(), r["forwards"].get<int64_t>(), r["tokens"].get<int64_t>(),
+                          r["best_s"].get<double>(), r["median_s"].get<double>(), r["tokens_per_s"].get<double>(),
+                          r["speedup_vs_first"].get<double>(), r["max_rel_diff_vs_first"].get<double>(),
+                          r["aten_ops"].get<int64_t>(), r["aten_ops_per_layer"].get<double>());
   md << "\nspeed-up and max rel. diff are against the first row (pack_tokens 0: one prompt per forward); the diff is "
-        "the largest |x − x₀| / max(1, |x₀|) over every summary metric and perplexity of the job.\n";
+        "the largest |x − x₀| / max(1, |x₀|) over every summary metric and perplexity of the job. ATen ops: top-level "
+        "ops dispatched by the untimed warm-up run (every model, condition and control); ops / layer divides them by "
+        "the decoder layers computed (ModelSummary.layers_computed): a GPU launches at least one kernel per op.\n";
   std::cerr << "wrote " << dir << "/" << name << ".md and " << name << ".json\n";
   return 0;
 }
