@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -103,7 +104,9 @@ class ServerTest : public testing::Test {
     return sinkscope::server_test::SubmitSpec(stub_.get(), spec, key);
   }
 
-  std::vector<v1::JobEvent> Stream(const std::string& id, uint64_t from = 0, grpc::Status* status = nullptr) {
+  // `read`, if given, counts the events read so far (a watcher thread is attached once it has read one).
+  std::vector<v1::JobEvent> Stream(const std::string& id, uint64_t from = 0, grpc::Status* status = nullptr,
+                                   std::atomic<size_t>* read = nullptr) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
     v1::StreamJobRequest req;
@@ -112,7 +115,10 @@ class ServerTest : public testing::Test {
     auto reader = stub_->StreamJob(&ctx, req);
     std::vector<v1::JobEvent> evs;
     v1::JobEvent ev;
-    while (reader->Read(&ev)) evs.push_back(ev);
+    while (reader->Read(&ev)) {
+      evs.push_back(ev);
+      if (read) ++*read;
+    }
     grpc::Status st = reader->Finish();
     if (status) *status = st;
     EXPECT_TRUE(st.ok() || status) << st.error_message();
@@ -456,8 +462,11 @@ TEST_F(ServerTest, ShutdownEndsOpenStreamsWithFinished) {
   auto id = Submit(SinkJob({"tiny-rope"}));
   ASSERT_TRUE(id.ok());
   std::vector<v1::JobEvent> evs;
-  std::thread watcher([&] { evs = Stream(*id); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::atomic<size_t> read{0};
+  std::thread watcher([&] { evs = Stream(*id, 0, nullptr, &read); });
+  // Shut down once the watcher is attached (has read Accepted): a stream still being set up would be refused.
+  for (int i = 0; i < 3000 && read == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_GT(read, 0u);  // (no ASSERT: the watcher thread must be joined)
   server_->Shutdown(2.0);
   watcher.join();
   ASSERT_FALSE(evs.empty());
