@@ -285,8 +285,9 @@ absl::StatusOr<job::JobSpec> FromProto(const v1::JobSpec& p) {
   if (!p.has_inputs()) return Bad("inputs", "required");
   ASSIGN_OR_RETURN(s.inputs, InputsFrom(p.inputs(), "inputs"));
   for (int i = 0; i < p.analyses_size(); ++i) {
-    ASSIGN_OR_RETURN(job::AnalysisSpec a, AnalysisFrom(p.analyses(i), absl::StrCat("analyses[", i, "]")));
-    s.analyses.push_back(std::move(a));
+    // Assigned in place: a local AnalysisSpec moved into the vector trips GCC 14's -Wmaybe-uninitialized (a false
+    // positive inside std::variant's move).
+    ASSIGN_OR_RETURN(s.analyses.emplace_back(), AnalysisFrom(p.analyses(i), absl::StrCat("analyses[", i, "]")));
   }
   IfNonZero(p.limits().max_tokens(), &s.max_tokens);
   IfNonZero(p.seed(), &s.seed);
