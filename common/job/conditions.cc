@@ -80,4 +80,23 @@ Condition ControlCondition(const Condition& main, const QkMassiveDisruption& q, 
   return c;
 }
 
+void FinishConditionResult(const std::string& key, double base_ppl, const analysis::StatAcc& controls,
+                           const analysis::StatAcc& controls_pct, PerplexityResult* r,
+                           std::map<std::string, double>* metrics) {
+  std::map<std::string, double>& m = *metrics;
+  const bool with_controls = !r->control_perplexities.empty();
+  if (with_controls) {
+    r->control = controls.Get();
+    m[key + ".control_mean"] = controls.mean();
+    m[key + ".control_std"] = controls.std();
+    m[key + ".control_increase_pct"] = controls_pct.mean();
+  }
+  r->ratio_to_baseline = base_ppl > 0 ? r->perplexity / base_ppl : 0.0;
+  m[key] = r->perplexity;
+  m[key + ".ratio"] = r->ratio_to_baseline;
+  const double pct = base_ppl > 0 ? (r->perplexity - base_ppl) / base_ppl * 100.0 : 0.0;
+  m[key + ".increase_pct"] = pct;
+  if (with_controls) m[key + ".massive_minus_random_pct"] = pct - m[key + ".control_increase_pct"];
+}
+
 }  // namespace sinkscope::job

@@ -34,4 +34,12 @@ absl::StatusOr<Condition> ResolveCondition(const Intervention& iv, const std::st
 Condition ControlCondition(const Condition& main, const QkMassiveDisruption& q, const std::string& label,
                            uint64_t seed, const analysis::ModelDims& dims);
 
+// The finished result of an intervention whose passes (and its controls') are done, against the model's baseline
+// perplexity: sets r->control (from `controls`, over r->control_perplexities) and r->ratio_to_baseline, and the
+// per-model metrics "<key>", "<key>.ratio", "<key>.increase_pct" and, with controls, "<key>.control_mean",
+// "<key>.control_std", "<key>.control_increase_pct" (mean of `controls_pct`) and "<key>.massive_minus_random_pct".
+void FinishConditionResult(const std::string& key, double base_ppl, const analysis::StatAcc& controls,
+                           const analysis::StatAcc& controls_pct, PerplexityResult* r,
+                           std::map<std::string, double>* metrics);
+
 }  // namespace sinkscope::job

@@ -325,19 +325,7 @@ class Executor {
     const bool more_controls = next != nullptr && next->model == p.model && next->kind == Pass::Kind::kCondition &&
                                next->intervention == p.intervention;
     if (more_controls) return;
-    if (!result_.control_perplexities.empty()) {
-      result_.control = controls_.Get();
-      ms_.metrics[key + ".control_mean"] = controls_.mean();
-      ms_.metrics[key + ".control_std"] = controls_.std();
-      ms_.metrics[key + ".control_increase_pct"] = controls_pct_.mean();
-    }
-    result_.ratio_to_baseline = base_ppl_ > 0 ? result_.perplexity / base_ppl_ : 0.0;
-    ms_.metrics[key] = result_.perplexity;
-    ms_.metrics[key + ".ratio"] = result_.ratio_to_baseline;
-    const double pct = base_ppl_ > 0 ? (result_.perplexity - base_ppl_) / base_ppl_ * 100.0 : 0.0;
-    ms_.metrics[key + ".increase_pct"] = pct;
-    if (!result_.control_perplexities.empty())
-      ms_.metrics[key + ".massive_minus_random_pct"] = pct - ms_.metrics[key + ".control_increase_pct"];
+    FinishConditionResult(key, base_ppl_, controls_, controls_pct_, &result_, &ms_.metrics);
     Emit(result_);
   }
 
