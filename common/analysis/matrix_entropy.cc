@@ -196,11 +196,12 @@ class MatrixEntropy final : public LayerAnalysis {
     std::future<std::vector<at::Tensor>> spectra;
   };
 
-  // Ascending spectra of each stack, on the host: what BatchEigvalsh gives for a stack on its model's device.
+  // Ascending spectra of each stack, on the host: what BatchEigvalsh gives for a stack on its model's device (a CPU
+  // model: `on_host`), whether the stack is still there or already copied to the host.
   static std::vector<at::Tensor> Solve(const std::vector<at::Tensor>& grams, bool on_host) {
     std::vector<at::Tensor> out;
     for (const at::Tensor& g : grams)
-      out.push_back((on_host || !g.is_cpu() ? BatchEigvalsh(g) : HostParallelEigvalsh(g)).contiguous());
+      out.push_back((on_host ? at::linalg_eigvalsh(g) : HostParallelEigvalsh(ToPinnedHost(g))).contiguous());
     return out;
   }
 

@@ -12,29 +12,6 @@
 namespace sinkscope::analysis {
 namespace sink_rate_internal {
 
-// PreRotaryBosAttentionSums' sums, left on q's device.
-at::Tensor BosAttentionSums(const at::Tensor& q, const at::Tensor& k, bool exclude_bos, int64_t* rows) {
-  const int64_t T = q.size(0), H = q.size(1), hd = q.size(2), Hkv = k.size(1), rep = H / Hkv;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));  // the study's 128^-0.5 for Llama-2-7B
-  at::Tensor qf = q.to(at::kFloat).permute({1, 0, 2});            // [H, T, hd]
-  at::Tensor kf = k.to(at::kFloat).permute({1, 2, 0});            // [Hkv, hd, T]
-  if (rep > 1) kf = kf.unsqueeze(1).expand({Hkv, rep, hd, T}).reshape({H, hd, T});
-  kf = kf.contiguous();
-  const int64_t start = exclude_bos ? 1 : 0;
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, H * T));
-  auto ilong = at::TensorOptions().dtype(at::kLong).device(q.device());
-  at::Tensor sums = at::zeros({H}, at::TensorOptions().dtype(at::kDouble).device(q.device()));
-  for (int64_t q0 = start; q0 < T; q0 += chunk) {
-    const int64_t q1 = std::min(q0 + chunk, T), tq = q1 - q0;
-    at::Tensor s = at::bmm(qf.narrow(1, q0, tq), kf.narrow(2, 0, q1)) * scale;  // [H, tq, q1] fp32
-    at::Tensor mask = at::arange(q1, ilong).unsqueeze(0) > at::arange(q0, q1, ilong).unsqueeze(1);
-    s = s.masked_fill(mask, -std::numeric_limits<float>::infinity());
-    sums += at::softmax(s, -1).select(2, 0).to(at::kDouble).sum(1);
-  }
-  *rows = std::max<int64_t>(0, T - start);
-  return sums;
-}
-
 class SinkRate final : public LayerAnalysis {
  public:
   SinkRate(const job::SinkRateSpec& spec, const ModelDims& dims)
@@ -71,7 +48,7 @@ class SinkRate final : public LayerAnalysis {
         hooks->Observe(model::HookName(l, model::HookId::kK),
                        [this, l, exclude, cur, prompt = p.index](const model::HookPoint&, const at::Tensor& k) {
                          Current done;
-                         done.parts.push_back(BosAttentionSums(cur->q, k, exclude, &done.rows));
+                         done.parts.push_back(PreRotaryBosAttentionSums(cur->q, k, exclude, &done.rows));
                          cur->q = at::Tensor();
                          pending_.push_back({l, prompt, std::move(done)});
                        });
@@ -167,7 +144,25 @@ std::unique_ptr<LayerAnalysis> MakeSinkRate(const job::SinkRateSpec& spec, const
 }
 
 at::Tensor PreRotaryBosAttentionSums(const at::Tensor& q, const at::Tensor& k, bool exclude_bos, int64_t* rows) {
-  return sink_rate_internal::BosAttentionSums(q, k, exclude_bos, rows).cpu().contiguous();
+  const int64_t T = q.size(0), H = q.size(1), hd = q.size(2), Hkv = k.size(1), rep = H / Hkv;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));  // the study's 128^-0.5 for Llama-2-7B
+  at::Tensor qf = q.to(at::kFloat).permute({1, 0, 2});            // [H, T, hd]
+  at::Tensor kf = k.to(at::kFloat).permute({1, 2, 0});            // [Hkv, hd, T]
+  if (rep > 1) kf = kf.unsqueeze(1).expand({Hkv, rep, hd, T}).reshape({H, hd, T});
+  kf = kf.contiguous();
+  const int64_t start = exclude_bos ? 1 : 0;
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, H * T));
+  auto ilong = at::TensorOptions().dtype(at::kLong).device(q.device());
+  at::Tensor sums = at::zeros({H}, at::TensorOptions().dtype(at::kDouble).device(q.device()));
+  for (int64_t q0 = start; q0 < T; q0 += chunk) {
+    const int64_t q1 = std::min(q0 + chunk, T), tq = q1 - q0;
+    at::Tensor s = at::bmm(qf.narrow(1, q0, tq), kf.narrow(2, 0, q1)) * scale;  // [H, tq, q1] fp32
+    at::Tensor mask = at::arange(q1, ilong).unsqueeze(0) > at::arange(q0, q1, ilong).unsqueeze(1);
+    s = s.masked_fill(mask, -std::numeric_limits<float>::infinity());
+    sums += at::softmax(s, -1).select(2, 0).to(at::kDouble).sum(1);
+  }
+  *rows = std::max<int64_t>(0, T - start);
+  return sums;
 }
 
 }  // namespace sinkscope::analysis

@@ -28,7 +28,7 @@ std::unique_ptr<LayerAnalysis> MakeSinkRate(const job::SinkRateSpec& spec, const
 
 // Σ over the selected query rows of A[h,t,0] for the study's manual pre-rotary attention; q [T,H,hd],
 // k [T,Hkv,hd] (any float dtype, computed in fp32; query head h uses kv head h / (H/Hkv)). Returns [H] float64 on
-// the CPU and sets *rows = |R|.
+// q's device and sets *rows = |R|.
 at::Tensor PreRotaryBosAttentionSums(const at::Tensor& q, const at::Tensor& k, bool exclude_bos, int64_t* rows);
 
 }  // namespace sinkscope::analysis
