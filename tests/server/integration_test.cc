@@ -104,25 +104,9 @@ class ServerTest : public testing::Test {
     return sinkscope::server_test::SubmitSpec(stub_.get(), spec, key);
   }
 
-  // `read`, if given, counts the events read so far (a watcher thread is attached once it has read one).
   std::vector<v1::JobEvent> Stream(const std::string& id, uint64_t from = 0, grpc::Status* status = nullptr,
                                    std::atomic<size_t>* read = nullptr) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
-    v1::StreamJobRequest req;
-    req.set_job_id(id);
-    req.set_from_seq(from);
-    auto reader = stub_->StreamJob(&ctx, req);
-    std::vector<v1::JobEvent> evs;
-    v1::JobEvent ev;
-    while (reader->Read(&ev)) {
-      evs.push_back(ev);
-      if (read) ++*read;
-    }
-    grpc::Status st = reader->Finish();
-    if (status) *status = st;
-    EXPECT_TRUE(st.ok() || status) << st.error_message();
-    return evs;
+    return sinkscope::server_test::StreamJobEvents(stub_.get(), id, from, 120, status, read);
   }
 
   v1::Job Get(const std::string& id) { return GetJobOk(stub_.get(), id); }

@@ -131,26 +131,10 @@ class StateTest : public ::testing::Test {
     return resp.job_id();
   }
 
-  // `read`, if given, counts the events read so far (a watcher thread's progress: the stream is attached once it
-  // has read one).
+  // Every event of job `id` from `from` (test_util.h StreamJobEvents).
   std::vector<sinkscope::v1::JobEvent> Stream(const std::string& id, uint64_t from = 0,
                                               grpc::Status* status = nullptr, std::atomic<size_t>* read = nullptr) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
-    sinkscope::v1::StreamJobRequest req;
-    req.set_job_id(id);
-    req.set_from_seq(from);
-    auto reader = stub_->StreamJob(&ctx, req);
-    std::vector<sinkscope::v1::JobEvent> evs;
-    sinkscope::v1::JobEvent ev;
-    while (reader->Read(&ev)) {
-      evs.push_back(ev);
-      if (read) ++*read;
-    }
-    grpc::Status st = reader->Finish();
-    if (status) *status = st;
-    EXPECT_TRUE(st.ok() || status) << st.error_message();
-    return evs;
+    return sinkscope::server_test::StreamJobEvents(stub_.get(), id, from, 300, status, read);
   }
 
   sinkscope::v1::Job Get(const std::string& id, grpc::Status* status = nullptr) {

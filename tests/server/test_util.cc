@@ -45,6 +45,27 @@ absl::StatusOr<std::string> SubmitSpec(sinkscope::v1::Sinkscope::Stub* stub, con
   return resp.job_id();
 }
 
+std::vector<sinkscope::v1::JobEvent> StreamJobEvents(sinkscope::v1::Sinkscope::Stub* stub, const std::string& id,
+                                                     uint64_t from, int seconds, grpc::Status* status,
+                                                     std::atomic<size_t>* read) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+  sinkscope::v1::StreamJobRequest req;
+  req.set_job_id(id);
+  req.set_from_seq(from);
+  auto reader = stub->StreamJob(&ctx, req);
+  std::vector<sinkscope::v1::JobEvent> evs;
+  sinkscope::v1::JobEvent ev;
+  while (reader->Read(&ev)) {
+    evs.push_back(ev);
+    if (read) ++*read;
+  }
+  const grpc::Status st = reader->Finish();
+  if (status) *status = st;
+  EXPECT_TRUE(st.ok() || status) << id << ": " << st.error_message();
+  return evs;
+}
+
 sinkscope::v1::Job GetJobOk(sinkscope::v1::Sinkscope::Stub* stub, const std::string& id) {
   grpc::ClientContext ctx;
   sinkscope::v1::GetJobRequest req;

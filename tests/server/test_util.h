@@ -3,6 +3,8 @@
 
 #include <sys/types.h>
 
+#include <atomic>
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -20,6 +22,13 @@ std::string Shell(const std::string& cmd, int* rc = nullptr);
 // SubmitJob with an optional idempotency key: the job id, or the call's status (same code and message).
 absl::StatusOr<std::string> SubmitSpec(sinkscope::v1::Sinkscope::Stub* stub, const sinkscope::v1::JobSpec& spec,
                                        const std::string& idempotency_key = "");
+
+// StreamJob from event `from` to the end of the stream (deadline `seconds`): the events, in order. `read`, if given,
+// counts them as they arrive (a watcher thread is attached once it has read one). The final status goes to `status`
+// when given; otherwise it is expected to be OK.
+std::vector<sinkscope::v1::JobEvent> StreamJobEvents(sinkscope::v1::Sinkscope::Stub* stub, const std::string& id,
+                                                     uint64_t from, int seconds, grpc::Status* status = nullptr,
+                                                     std::atomic<size_t>* read = nullptr);
 
 // GetJob, expected to succeed (a failure is reported with the id).
 sinkscope::v1::Job GetJobOk(sinkscope::v1::Sinkscope::Stub* stub, const std::string& id);
