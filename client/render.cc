@@ -205,7 +205,8 @@ void RenderServerInfo(const v1::ServerInfo& r, const RenderOptions& o, std::ostr
       << "jobs: " << r.running_jobs() << " running, " << r.queued_jobs() << " queued\n"
       << "limits: " << r.limits().max_tokens_per_prompt() << " tokens/prompt, " << r.limits().max_prompts_per_job()
       << " prompts/job, " << r.limits().max_queued_jobs() << " queued jobs, packing " << r.limits().pack_tokens()
-      << " tokens/forward, residual budget "
+      << " tokens/forward" << (r.limits().attention().empty() ? "" : " (attention " + r.limits().attention() + ")")
+      << ", residual budget "
       << (r.limits().residual_memory_per_model() ? std::string("per model, from its device")
                                                  : Budget(r.limits().residual_memory_bytes(), "none (one wave)"))
       << "\n";

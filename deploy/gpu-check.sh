@@ -16,8 +16,9 @@
 #   5. sinkscoped with a 7B-shaped RoPE+DroPE pair resident (bf16, cuda:0) runs the study's phase suite (phase
 #      preset + BOS-MLP ablation + Q/K disruption with 3 controls) over 64 prompts x 512 tokens via the client;
 #   6. hf_bench.py: the same work in transformers, the study's way and the best single-pass way;
-#   6b. packing: sinkscope-job-bench, the phase suite over the bench prompts cut to 64 tokens (weight-bound),
-#      one prompt per forward vs all prompts packed into one forward (OUT/packing.md);
+#   6b. packing: sinkscope-job-bench, the phase suite over the bench prompts cut to 16-64 tokens (weight-bound),
+#      one prompt per forward vs all prompts packed into one forward, their attention in equal-length runs or in
+#      padded groups (OUT/packing.md: times, ATen ops per layer, the most frequent ops);
 #   7. report: OUT/gpu.md (also bench/results/gpu.md on cuda), OUT/results.json, OUT/gpu-check.log, OUT/logs.tgz.
 # Every step has a hard timeout inside a global budget (--budget, default 560 s on cuda: the node gives us ONE
 # 10-minute command), steps run most-valuable-first, and the report is rewritten after each step, so a timeout
@@ -515,14 +516,16 @@ bench_hf() {
     --prompts "$WORK/bench_prompts.json" --max-prompts "$maxp" --dtype "$DTYPE_BENCH" --out "$WORK/bench/hf.json"
 }
 
-# Packing on the device: the phase suite in-process (sinkscope-job-bench) over the bench prompts cut to 64 tokens,
-# where a forward is bound by reading the weights, one prompt per forward vs all prompts packed in one forward.
+# Packing on the device: the phase suite in-process (sinkscope-job-bench) over the bench prompts cut to lengths
+# spread over 16-64 tokens (as the study's short texts are), where a forward is bound by reading the weights: one
+# prompt per forward vs all prompts packed in one forward, whose attention runs in equal-length runs (one batch per
+# distinct length) or in groups padded to their longest prompt (what auto picks on a GPU).
 bench_packing() {
   wait_for "$WORK/.bench_ready" "$(( $(remaining) - 30 ))" || { echo "bench checkpoints not ready"; return 1; }
   "$BUILD_DIR/bench/sinkscope-job-bench" --models="$BENCH_CK/bench-rope,$BENCH_CK/bench-drope" --device="$DEV_SPEC" \
-    --dtype="$DTYPE_BENCH" --ids="$WORK/bench_prompts.json" --prompts="$N_PROMPTS" --max-tokens=64 \
-    --budgets="0,$(( N_PROMPTS * 64 ))" --suite=phase --repeats=1 --threads="$JOBS" --out="$WORK/bench" --name=packing \
-    || return 1
+    --dtype="$DTYPE_BENCH" --ids="$WORK/bench_prompts.json" --prompts="$N_PROMPTS" \
+    --min-tokens=16 --max-tokens=64 --attention=equal,padded --budgets="0,$(( N_PROMPTS * 64 ))" --suite=phase \
+    --repeats=1 --threads="$JOBS" --out="$WORK/bench" --name=packing || return 1
   cat "$WORK/bench/packing.md"
   cp "$WORK/bench/packing.md" "$OUT/packing.md"
 }

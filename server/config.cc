@@ -160,7 +160,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, con
       RETURN_IF_ERROR(CheckKeys(l, "limits",
                                 {"max_tokens_per_prompt", "max_prompts_per_job", "max_queued_jobs", "pack_tokens",
                                  "max_tokens_per_job", "max_planned_passes", "forward_memory_bytes",
-                                 "residual_memory_bytes", "max_request_bytes"}));
+                                 "residual_memory_bytes", "max_request_bytes", "attention"}));
       for (auto [key, field] : {std::pair{"max_tokens_per_prompt", &cfg.limits.max_tokens_per_prompt},
                                 std::pair{"max_prompts_per_job", &cfg.limits.max_prompts},
                                 std::pair{"max_queued_jobs", &cfg.max_queued_jobs},
@@ -185,6 +185,16 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, con
       ASSIGN_OR_RETURN(cfg.residual_memory_auto,
                        MemoryBytes(l["residual_memory_bytes"], "limits.residual_memory_bytes",
                                    &cfg.limits.residual_memory_bytes));
+      if (l["attention"]) {
+        const std::string a = l["attention"].as<std::string>();
+        using Attention = job::RunLimits::Attention;
+        if (a != "auto" && a != "equal" && a != "padded")
+          return absl::InvalidArgumentError(
+              absl::StrCat("limits.attention: '", a, "' (expected auto, equal or padded)"));
+        cfg.limits.attention = a == "auto"    ? Attention::kAuto
+                               : a == "equal" ? Attention::kEqualLength
+                                              : Attention::kPadded;
+      }
       if (l["max_request_bytes"]) {
         ASSIGN_OR_RETURN(cfg.max_request_bytes,
                          PositiveInt(l["max_request_bytes"], "limits.max_request_bytes", /*min=*/1024));

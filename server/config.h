@@ -22,6 +22,9 @@
 //     residual_memory_bytes: auto    # residual streams the layer-major baseline holds (waves, prefix reuse);
 //                                    #   auto (default): a quarter of that; 0 = none (one wave)
 //     max_request_bytes: 4194304     # largest SubmitJob request (gRPC message)
+//     attention: auto                # packed prompts of different lengths attend in equal-length runs (equal) or
+//                                    #   in groups padded to their longest prompt (padded: fewer batches); auto
+//                                    #   (default): padded for a model on a GPU, equal on a CPU
 //   state:                           # job records, events and the result cache (durable with --state_dir)
 //     interrupted: requeue           # a job running when the server stopped (crash, kill, restart): requeue runs
 //                                    #   it again from the start at the next start; fail ends it FAILED (ABORTED)

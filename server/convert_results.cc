@@ -227,6 +227,10 @@ void ToProto(const job::RunLimits& limits, int32_t max_queued_jobs, int32_t max_
   p->set_max_planned_passes(limits.max_planned_passes);
   p->set_forward_memory_bytes(limits.forward_memory_bytes);
   p->set_residual_memory_bytes(limits.residual_memory_bytes);
+  using Attention = job::RunLimits::Attention;
+  p->set_attention(limits.attention == Attention::kAuto          ? "auto"
+                   : limits.attention == Attention::kEqualLength ? "equal"
+                                                                 : "padded");
 }
 
 }  // namespace sinkscope::server

@@ -242,7 +242,8 @@ class Executor {
     };
     cb.after_finish = [&](size_t) { obs_->Flush(); };
     const bool want_nll = plan_.perplexity() != nullptr;
-    ASSIGN_OR_RETURN(std::vector<model::ForwardResult> results, RunWave(*mp.handle.model, in.forwards, want_nll, cb));
+    ASSIGN_OR_RETURN(std::vector<model::ForwardResult> results,
+                     RunWave(*mp.handle.model, in.forwards, want_nll, mp.attention, cb));
     emit_through(L - 1);
     for (const auto& a : obs_->emitted)
       RETURN_IF_ERROR(WithContext(a->status(), absl::StrCat("model ", mp.handle.name)));
@@ -363,6 +364,7 @@ class Executor {
     o.return_logits = false;
     o.return_target_nll = want_nll;
     o.check_finite = true;  // a NaN/Inf job fails with the layer named, rather than reporting plausible zeros
+    o.attn_batching = plan_.models[m_].attention;
     o.start_layer = start_layer;
     o.start_residual = start_residual;
     // A packed forward works on all its prompts at once: its layers report the last of them (prompt k of N = the

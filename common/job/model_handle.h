@@ -50,6 +50,11 @@ struct RunLimits {
   // cores being busy with the forward. kBackground / kAtOnce force either (tests check that they agree).
   enum class HostWork { kAuto, kBackground, kAtOnce };
   HostWork host_work = HostWork::kAuto;
+  // How a packed forward batches the attention of prompts of different lengths (model::AttentionBatching). kAuto:
+  // padded groups for a model on a GPU, where a batch's kernel launches cost more than padding's few extra FLOPs;
+  // equal-length runs on a CPU, whose cores would compute the padding. The others force either.
+  enum class Attention { kAuto, kEqualLength, kPadded };
+  Attention attention = Attention::kAuto;
 };
 
 // The budgets that apply to `h`: its own when set (>= 0), else the limits'.

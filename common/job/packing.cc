@@ -9,20 +9,24 @@
 
 namespace sinkscope::job {
 
-int64_t ForwardBytes(const model::LlamaConfig& c, const std::vector<int64_t>& lengths, int64_t elem, int64_t chunk) {
+int64_t ForwardBytes(const model::LlamaConfig& c, const std::vector<int64_t>& lengths, int64_t elem, int64_t chunk,
+                     model::AttentionBatching batching) {
   int64_t tokens = 0;
-  std::map<int64_t, int64_t> by_length;  // the forward attends runs of equal-length prompts together; bound by all
-  for (int64_t n : lengths) tokens += n, by_length[n] += 1;
+  for (int64_t n : lengths) tokens += n;
   const int64_t qkv = (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim;
   // Per token: residual + normed input + attention output (3·d), q/k/v (and their rotated copies), the MLP's gate, up
   // and product (3·I), in the compute dtype; fp32 copies of q and k for the scores.
   const int64_t per_token = (3 * c.hidden_size + 2 * qkv + 3 * c.intermediate_size) * elem + 2 * qkv * 4;
-  int64_t attention = 0;
-  for (const auto& [n, g] : by_length) {
-    const int64_t rows = chunk > 0 ? std::min(chunk, n) : n;
-    attention = std::max(attention, 3 * g * c.num_attention_heads * rows * n * 4);
+  int64_t attention = 0, padded_rows = 0;
+  for (const model::AttentionGroup& g : model::PlanAttentionGroups(lengths, batching)) {
+    const int64_t members = static_cast<int64_t>(g.members.size());
+    const int64_t rows = chunk > 0 ? std::min(chunk, g.len) : g.len;
+    attention = std::max(attention, 3 * members * c.num_attention_heads * rows * g.len * 4);
+    if (g.pad_offset >= 0) padded_rows += members * g.len;
   }
-  return tokens * per_token + attention;
+  // Padded rows: the gathered q/k/v (compute dtype) and their fp32 copies, and the group outputs (H·hd each).
+  const int64_t per_padded_row = (qkv + c.num_attention_heads * c.head_dim) * elem + 2 * qkv * 4;
+  return tokens * per_token + padded_rows * per_padded_row + attention;
 }
 
 int64_t ResidualBytes(const model::LlamaConfig& c, int64_t tokens, int64_t elem) {
@@ -35,18 +39,19 @@ absl::Status PackPrompts(const model::LlamaConfig& c, const std::vector<int64_t>
   const int32_t n = static_cast<int32_t>(lengths.size());
   for (int32_t first = 0; first < n;) {
     std::vector<int64_t> pack = {lengths[first]};
-    if (budget.bytes > 0 && ForwardBytes(c, pack, elem, kChunk) > budget.bytes)
+    const int64_t alone = ForwardBytes(c, pack, elem, kChunk, budget.attention);
+    if (budget.bytes > 0 && alone > budget.bytes)
       return absl::FailedPreconditionError(absl::StrFormat(
           "prompt %d (%d tokens) needs about %.2f GiB of activations in one forward, more than the model's budget "
           "forward_memory_bytes=%.2f GiB (sinkscope model NAME shows it): it can never run (shorten it with "
           "max_tokens)",
-          first, lengths[first], ForwardBytes(c, pack, elem, kChunk) / double(1 << 30), budget.bytes / double(1 << 30)));
+          first, lengths[first], alone / double(1 << 30), budget.bytes / double(1 << 30)));
     int64_t tokens = lengths[first];
     while (first + static_cast<int32_t>(pack.size()) < n) {
       const int64_t next = lengths[first + pack.size()];
       if (tokens + next > budget.tokens) break;
       pack.push_back(next);
-      if (budget.bytes > 0 && ForwardBytes(c, pack, elem, kChunk) > budget.bytes) {
+      if (budget.bytes > 0 && ForwardBytes(c, pack, elem, kChunk, budget.attention) > budget.bytes) {
         pack.pop_back();
         break;
       }

@@ -7,15 +7,18 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "common/model/attention_groups.h"
 #include "common/model/config.h"
 
 namespace sinkscope::job {
 
 // Bytes of activations one forward over prompts of these lengths keeps alive at its peak, with `elem` bytes per
-// element of the compute dtype: the residual stream and a layer's q/k/v/MLP activations for every token, plus the
-// attention of the largest group of equal-length prompts (fp32 scores, probabilities and one padded copy per query
-// chunk of `chunk` rows). An estimate for admission and packing, not an allocator.
-int64_t ForwardBytes(const model::LlamaConfig& c, const std::vector<int64_t>& lengths, int64_t elem, int64_t chunk);
+// element of the compute dtype: the residual stream and a layer's q/k/v/MLP activations for every token, the padded
+// copies of q/k/v and attention outputs when `batching` pads, plus the attention of the largest group (fp32 scores,
+// probabilities and one padded copy per query chunk of `chunk` rows). An estimate for admission and packing, not an
+// allocator.
+int64_t ForwardBytes(const model::LlamaConfig& c, const std::vector<int64_t>& lengths, int64_t elem, int64_t chunk,
+                     model::AttentionBatching batching = model::AttentionBatching::kEqualLength);
 
 // Bytes a forward over `tokens` tokens carries between layers when it runs layer by layer: the residual stream
 // [tokens, d] and the rotary cos/sin tables [tokens, head_dim] each, in the compute dtype.
@@ -24,6 +27,7 @@ int64_t ResidualBytes(const model::LlamaConfig& c, int64_t tokens, int64_t elem)
 struct PackBudget {
   int64_t tokens = 0;  // <= 1: one prompt per forward
   int64_t bytes = 0;   // 0: no memory budget
+  model::AttentionBatching attention = model::AttentionBatching::kEqualLength;  // how ForwardBytes groups attention
 };
 
 // [first, count) of each forward over `lengths`. FailedPrecondition when one prompt alone exceeds budget.bytes

@@ -222,7 +222,11 @@ absl::StatusOr<Plan> BuildPlan(JobSpec spec, std::vector<ModelHandle> models, co
   // Passes, in execution order (plan.h).
   for (size_t m = 0; m < plan.models.size(); ++m) {
     ModelPlan& mp = plan.models[m];
-    const PackBudget budget{limits.pack_tokens, ForwardMemoryBudget(mp.handle, limits)};
+    using Attention = RunLimits::Attention;
+    const bool pad = limits.attention == Attention::kAuto ? mp.handle.model->device() != "cpu"
+                                                           : limits.attention == Attention::kPadded;
+    mp.attention = pad ? model::AttentionBatching::kPadded : model::AttentionBatching::kEqualLength;
+    const PackBudget budget{limits.pack_tokens, ForwardMemoryBudget(mp.handle, limits), mp.attention};
     mp.residual_budget = ResidualMemoryBudget(mp.handle, limits);
     const int32_t mi = static_cast<int32_t>(m);
     auto add = [&](Pass::Kind kind, int32_t j, int32_t c, const std::vector<std::vector<int32_t>>& prompts) {

@@ -26,6 +26,7 @@
 #include "common/job/job_spec.h"
 #include "common/job/model_handle.h"
 #include "common/job/validate.h"
+#include "common/model/attention_groups.h"
 
 namespace sinkscope::job {
 
@@ -49,6 +50,7 @@ struct ModelPlan {
   // ResidualMemoryBudget of the model (0 = none): its baseline passes are grouped into waves whose carried residuals
   // fit it; what its largest wave leaves is where clean residuals are kept for prefix reuse.
   int64_t residual_budget = 0;
+  model::AttentionBatching attention = model::AttentionBatching::kEqualLength;  // RunLimits::attention, resolved
 };
 
 // What a job will cost, known before it is queued (admission control hangs here).

@@ -49,6 +49,7 @@ std::vector<at::Tensor> SplitNll(const at::Tensor& nll, const std::vector<int64_
 
 absl::StatusOr<std::vector<model::ForwardResult>> RunWave(const model::LlamaModel& model,
                                                           const std::vector<WaveForward>& forwards, bool want_nll,
+                                                          model::AttentionBatching attention,
                                                           const WaveCallbacks& cb) {
   const int64_t L = model.config().num_hidden_layers;
   std::vector<model::ForwardRun> runs;
@@ -66,6 +67,7 @@ absl::StatusOr<std::vector<model::ForwardResult>> RunWave(const model::LlamaMode
     o.return_logits = false;
     o.return_target_nll = want_nll;
     o.check_finite = true;  // a NaN/Inf job fails with the layer named, rather than reporting plausible zeros
+    o.attn_batching = attention;
     absl::StatusOr<model::ForwardRun> run = model.Begin(f.ids, std::move(o));
     if (!run.ok()) return WithContext(run.status(), f.what);
     runs.push_back(std::move(*run));

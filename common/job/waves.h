@@ -54,10 +54,11 @@ struct WaveCallbacks {
   std::function<void(size_t k)> after_finish;
 };
 
-// Runs the wave; returns each forward's ForwardResult (target_nll when want_nll). Errors carry the forward's
-// `what`; cancellation statuses pass through unchanged.
+// Runs the wave, each forward's attention grouped by `attention`; returns each forward's ForwardResult (target_nll
+// when want_nll). Errors carry the forward's `what`; cancellation statuses pass through unchanged.
 absl::StatusOr<std::vector<model::ForwardResult>> RunWave(const model::LlamaModel& model,
                                                           const std::vector<WaveForward>& forwards, bool want_nll,
+                                                          model::AttentionBatching attention,
                                                           const WaveCallbacks& cb);
 
 }  // namespace sinkscope::job

@@ -25,8 +25,9 @@
 //   cast to the compute dtype; rot(x) = x·cos + rotate_half(x)·sin, rotate_half(x) = cat(-x[hd/2:], x[:hd/2]).
 //
 // Packing: several prompts run as one [ΣT, d] sequence through every per-token step (norms, projections, MLP: the
-// weights are read once for all of them); attention and RoPE positions are per prompt. Consecutive prompts of
-// equal length attend as one batch ([G·Hkv, rep·T, hd] GEMMs); no prompt sees another. Each prompt's hooks see
+// weights are read once for all of them); attention and RoPE positions are per prompt. Prompts attend in groups
+// ([G·Hkv, rep·T, hd] GEMMs; ForwardOptions::attn_batching): consecutive prompts of equal length, or prompts of
+// different lengths padded to the longest of their group; no prompt sees another. Each prompt's hooks see
 // only its own rows, so every analysis is the same as in a one-prompt forward.
 // Attention runs over query chunks [q0, q1) against keys [0, q1), so the full T×T score matrix of all heads is
 // never materialised; each row's softmax sees the same numbers as the unchunked computation.
@@ -158,12 +159,15 @@ std::pair<at::Tensor, at::Tensor> Rope(const LlamaConfig& cfg, const Segments& s
   return {cos.unsqueeze(1), sin.unsqueeze(1)};
 }
 
-// Causal attention of G prompts of equal length T, packed back to back: q [G·T, H, hd], k, v [G·T, Hkv, hd]
-// (compute dtype) -> z [G·T, H, hd]. `first` is the index of the first of them in the forward's segments.
+// Causal attention of one group of G prompts, each padded to the group's length T and packed back to back:
+// q [G·T, H, hd], k, v [G·T, Hkv, hd] (compute dtype) -> z [G·T, H, hd]. A member of length Tᵢ < T never sees a
+// padding key (key j is visible to query i only if j <= i < Tᵢ); its padding rows attend to whatever they hold and
+// are dropped by the caller. Each member's hook_pattern sees only its own rows and keys, [H, tq, Tᵢ].
 absl::StatusOr<at::Tensor> Attention(const LlamaConfig& cfg, const at::Tensor& q, const at::Tensor& k,
-                                     const at::Tensor& v, int64_t G, int64_t chunk, const Hooks& hooks,
-                                     int64_t layer, size_t first) {
-  const int64_t T = q.size(0) / G, H = q.size(1), hd = q.size(2), Hkv = k.size(1), rep = H / Hkv;
+                                     const at::Tensor& v, const AttentionGroup& group, const Segments& seg,
+                                     int64_t chunk, const Hooks& hooks, int64_t layer) {
+  const int64_t G = static_cast<int64_t>(group.members.size());
+  const int64_t T = group.len, H = q.size(1), hd = q.size(2), Hkv = k.size(1), rep = H / Hkv;
   const double scale = cfg.attention_scale();
   const at::ScalarType dtype = q.scalar_type(), acc = Acc(dtype);
   const bool want_pattern = hooks.Wants(layer, HookId::kPattern);
@@ -192,8 +196,13 @@ absl::StatusOr<at::Tensor> Attention(const LlamaConfig& cfg, const at::Tensor& q
     at::Tensor p = at::softmax(s.view({G, H, tq, q1}), -1);  // fp32
     if (want_pattern)
       for (int64_t g = 0; g < G; ++g) {
+        const size_t m = group.members[g];
+        const int64_t Tm = seg.len[m];
+        if (q0 >= Tm) continue;  // only padding rows of this member in the chunk
         at::Tensor pg = p.select(0, g);
-        RETURN_IF_ERROR(hooks.Pattern(layer, first + g, q1 < T ? at::constant_pad_nd(pg, {0, T - q1}, 0.0) : pg, q0));
+        if (q1 > Tm) pg = pg.narrow(1, 0, Tm - q0).narrow(2, 0, Tm);  // its own rows and keys
+        if (q1 < Tm) pg = at::constant_pad_nd(pg, {0, Tm - q1}, 0.0);  // keys past the chunk: masked, 0
+        RETURN_IF_ERROR(hooks.Pattern(layer, m, pg, q0));
       }
     zs.push_back(at::bmm(p.to(dtype).view({G * Hkv, rep * tq, q1}), vv.narrow(2, 0, q1).flatten(0, 1))
                      .view({G, H, tq, hd}));
@@ -202,26 +211,52 @@ absl::StatusOr<at::Tensor> Attention(const LlamaConfig& cfg, const at::Tensor& q
   return z.permute({0, 2, 1, 3}).contiguous().view({G * T, H, hd});
 }
 
-// Attention over every prompt: runs of consecutive equal-length prompts attend as one batch.
-absl::StatusOr<at::Tensor> AttentionAll(const LlamaConfig& cfg, const at::Tensor& q, const at::Tensor& k,
-                                        const at::Tensor& v, const Segments& seg, int64_t chunk, const Hooks& hooks,
-                                        int64_t layer) {
-  std::vector<at::Tensor> zs;
-  for (size_t s = 0; s < seg.size();) {
-    size_t e = s + 1;
-    while (e < seg.size() && seg.len[e] == seg.len[s]) ++e;
-    const int64_t G = static_cast<int64_t>(e - s), n = G * seg.len[s];
-    ASSIGN_OR_RETURN(at::Tensor z, Attention(cfg, q.narrow(0, seg.off[s], n), k.narrow(0, seg.off[s], n),
-                                             v.narrow(0, seg.off[s], n), G, chunk, hooks, layer, s));
-    zs.push_back(std::move(z));
-    s = e;
+// Segments::pad_rows and unpad_rows as int64 tensors on the forward's device (undefined when empty), built once per
+// forward.
+struct AttentionRows {
+  at::Tensor pad, unpad;
+  AttentionRows() = default;
+  AttentionRows(const Segments& seg, const at::Device& dev)
+      : pad(OnDevice(seg.pad_rows, dev)), unpad(OnDevice(seg.unpad_rows, dev)) {}
+
+ private:
+  static at::Tensor OnDevice(const std::vector<int64_t>& rows, const at::Device& dev) {
+    if (rows.empty()) return at::Tensor();
+    at::Tensor host = at::from_blob(const_cast<int64_t*>(rows.data()), {static_cast<int64_t>(rows.size())}, at::kLong);
+    if (dev.is_cpu()) return host.clone();
+    return host.pin_memory().to(dev, /*non_blocking=*/true);  // no wait for the device's queue
   }
-  return zs.size() == 1 ? zs[0] : at::cat(zs, 0);
+};
+
+// Attention over every prompt, group by group (Segments::groups): a group of consecutive equal-length prompts reads
+// its rows of q/k/v as a slice, the others from one padded gather (rows.pad); the outputs return to forward order
+// through rows.unpad (undefined when they are in order already).
+absl::StatusOr<at::Tensor> AttentionAll(const LlamaConfig& cfg, const at::Tensor& q, const at::Tensor& k,
+                                        const at::Tensor& v, const Segments& seg, const AttentionRows& rows,
+                                        int64_t chunk, const Hooks& hooks, int64_t layer) {
+  at::Tensor qp, kp, vp;
+  if (rows.pad.defined()) {
+    qp = q.index_select(0, rows.pad);
+    kp = k.index_select(0, rows.pad);
+    vp = v.index_select(0, rows.pad);
+  }
+  std::vector<at::Tensor> zs;
+  for (const AttentionGroup& g : seg.groups) {
+    const int64_t n = static_cast<int64_t>(g.members.size()) * g.len;
+    const bool slice = g.pad_offset < 0;
+    const int64_t first = slice ? seg.off[g.members[0]] : g.pad_offset;
+    ASSIGN_OR_RETURN(at::Tensor z,
+                     Attention(cfg, (slice ? q : qp).narrow(0, first, n), (slice ? k : kp).narrow(0, first, n),
+                               (slice ? v : vp).narrow(0, first, n), g, seg, chunk, hooks, layer));
+    zs.push_back(std::move(z));
+  }
+  at::Tensor z = zs.size() == 1 ? zs[0] : at::cat(zs, 0);
+  return rows.unpad.defined() ? z.index_select(0, rows.unpad) : z;
 }
 
 absl::StatusOr<at::Tensor> DecoderLayer(const LlamaConfig& cfg, const LayerWeights& w, int64_t l, at::Tensor x,
                                         const std::pair<at::Tensor, at::Tensor>* rope, const Segments& seg,
-                                        const ForwardOptions& opts, const Hooks& hooks) {
+                                        const AttentionRows& rows, const ForwardOptions& opts, const Hooks& hooks) {
   const int64_t N = x.size(0), H = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, hd = cfg.head_dim;
   const double eps = cfg.rms_norm_eps;
   ASSIGN_OR_RETURN(x, hooks.At(l, HookId::kResidPre, x));
@@ -240,7 +275,7 @@ absl::StatusOr<at::Tensor> DecoderLayer(const LlamaConfig& cfg, const LayerWeigh
   }
   ASSIGN_OR_RETURN(q, hooks.At(l, HookId::kRotQ, q));
   ASSIGN_OR_RETURN(k, hooks.At(l, HookId::kRotK, k));
-  ASSIGN_OR_RETURN(at::Tensor z, AttentionAll(cfg, q, k, v, seg, opts.attn_query_chunk, hooks, l));
+  ASSIGN_OR_RETURN(at::Tensor z, AttentionAll(cfg, q, k, v, seg, rows, opts.attn_query_chunk, hooks, l));
   ASSIGN_OR_RETURN(z, hooks.At(l, HookId::kZ, z));
   ASSIGN_OR_RETURN(at::Tensor o, hooks.At(l, HookId::kAttnOut, at::linear(z.reshape({N, H * hd}), w.o_proj)));
   ASSIGN_OR_RETURN(x, hooks.At(l, HookId::kResidMid, x + o));
@@ -314,6 +349,7 @@ struct ForwardRun::State {
   at::Tensor ids;                         // [T] int64 on the device
   at::Tensor x;                           // the residual stream entering layer `next`
   std::pair<at::Tensor, at::Tensor> rope;  // undefined for NoPE
+  AttentionRows rows;                      // the padded attention groups' gather and scatter
   int64_t next = 0;
 };
 
@@ -369,6 +405,7 @@ absl::StatusOr<ForwardRun> ForwardRun::Begin(const LlamaConfig& cfg, const Llama
       ASSIGN_OR_RETURN(s.x, s.hooks.AtModel(kEmbedHook, at::embedding(w.embed_tokens, s.ids)));  // [T, d]
     }
     if (cfg.uses_rope()) s.rope = Rope(cfg, s.seg, dtype, dev);
+    s.rows = AttentionRows(s.seg, dev);
     s.next = start;
     return run;
   });
@@ -384,7 +421,7 @@ absl::Status ForwardRun::RunLayers(int64_t end) {
   return Guarded("forward", [&]() -> absl::Status {
     for (int64_t l = s.next; l < end; ++l) {
       ASSIGN_OR_RETURN(s.x, DecoderLayer(s.cfg, s.w.layers[l], l, s.x, s.cfg.uses_rope() ? &s.rope : nullptr, s.seg,
-                                         s.opts, s.hooks));
+                                         s.rows, s.opts, s.hooks));
       s.next = l + 1;
       if (s.opts.check_finite && !at::isfinite(s.x).all().item<bool>())
         return absl::FailedPreconditionError(absl::StrCat("non-finite activations (NaN or Inf) in the residual "

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/model/attention_groups.h"
 #include "common/model/config.h"
 #include "common/model/hooks.h"
 #include "common/model/weights.h"
@@ -45,6 +46,7 @@ struct ForwardOptions {
                                    // concatenated over prompts: [Σ (T_i − 1)] float32, computed in row chunks
   bool return_hidden = false;      // final-norm hidden states [T, d] in the compute dtype (the lm_head input)
   int64_t attn_query_chunk = 512;  // query rows per attention chunk (<=0: all rows at once)
+  AttentionBatching attn_batching = AttentionBatching::kEqualLength;
   // Called after each decoder layer finishes (all its hooks have run). A non-OK status aborts the forward and is
   // returned (used for cancellation between layers).
   std::function<absl::Status(int layer)> after_layer;

@@ -33,6 +33,24 @@ absl::StatusOr<Segments> MakeSegments(const LlamaConfig& cfg, int64_t T, const F
   }
   if (off != T)
     return absl::InvalidArgumentError(absl::StrCat("segments sum to ", off, " tokens, ids has T=", T));
+  seg.groups = PlanAttentionGroups(seg.len, opts.attn_batching);
+  // Rows: a padded group's members are gathered, each padded to the group's length (repeating its first row).
+  bool in_order = true;
+  int64_t out = 0;  // the group's first row in the concatenated outputs
+  size_t next = 0;  // the segment a slice in forward order would start at
+  std::vector<int64_t> unpad(T);
+  for (const AttentionGroup& g : seg.groups) {
+    if (g.pad_offset >= 0)
+      for (size_t m : g.members)
+        for (int64_t t = 0; t < g.len; ++t) seg.pad_rows.push_back(seg.off[m] + (t < seg.len[m] ? t : 0));
+    in_order = in_order && g.pad_offset < 0 && g.members[0] == next;
+    next = g.members.back() + 1;
+    for (size_t i = 0; i < g.members.size(); ++i)
+      for (int64_t t = 0; t < seg.len[g.members[i]]; ++t)
+        unpad[seg.off[g.members[i]] + t] = out + static_cast<int64_t>(i) * g.len + t;
+    out += static_cast<int64_t>(g.members.size()) * g.len;
+  }
+  if (!in_order) seg.unpad_rows = std::move(unpad);
   return seg;
 }
 

@@ -21,13 +21,22 @@ std::vector<std::vector<int32_t>> Prompts() {
           {1, 17, 2, 9},           {1, 9},          {1, 33, 34, 35, 36, 37}};
 }
 
-TEST(PackedJobs, EveryAnalysisAndInterventionEqualsOnePromptPerForward) {
+// Both ways a packed forward batches attention: equal-length runs (the CPU default) and padded groups (the GPU's).
+class PackedJobsTest : public ::testing::TestWithParam<job::RunLimits::Attention> {};
+
+TEST_P(PackedJobsTest, EveryAnalysisAndInterventionEqualsOnePromptPerForward) {
   const std::vector<job::ModelHandle> models = {RandomModel(true, 31, -1, "rope"), RandomModel(false, 32, -1, "nope"),
                                                 RandomModel(true, 33, -1, "gqa", 3, 64, /*heads=*/4, /*kv_heads=*/2)};
   const job::JobSpec spec = Spec({"rope", "nope", "gqa"}, Prompts(), EveryAnalysis());
   job::RunLimits one, packed;
   one.pack_tokens = 0;
   packed.pack_tokens = 20;  // several packs of 2-4 prompts, the last one partly filled
+  packed.attention = GetParam();
+  auto plan = job::BuildPlan(spec, models, packed);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const bool pad = GetParam() == job::RunLimits::Attention::kPadded || TestDevice() != "cpu";  // kAuto: by device
+  for (const job::ModelPlan& mp : plan->models)
+    EXPECT_EQ(mp.attention, pad ? model::AttentionBatching::kPadded : model::AttentionBatching::kEqualLength);
   RecordingSink s1, s2;
   auto r1 = job::RunJob(spec, models, one, &s1, NoCancel());
   auto r2 = job::RunJob(spec, models, packed, &s2, NoCancel());
@@ -61,6 +70,12 @@ TEST(PackedJobs, EveryAnalysisAndInterventionEqualsOnePromptPerForward) {
   for (const char* c : {"bos_mlp@L1", "qk_massive", "top1_per_head", "head_ablation", "edits"})
     EXPECT_NE(a.at(std::string("rope/ppl/") + c), a.at("rope/ppl/baseline")) << c;
 }
+
+INSTANTIATE_TEST_SUITE_P(Attention, PackedJobsTest,
+                         ::testing::Values(job::RunLimits::Attention::kAuto, job::RunLimits::Attention::kPadded),
+                         [](const auto& info) {
+                           return info.param == job::RunLimits::Attention::kPadded ? "Padded" : "Auto";
+                         });
 
 TEST(PackedJobs, PlanPacksGreedilyInPromptOrder) {
   const std::vector<job::ModelHandle> models = {RandomModel(true, 31, -1, "rope")};

@@ -7,6 +7,7 @@
 
 #include "common/model/llama.h"
 #include "common/model/runtime.h"
+#include "common/model/segments.h"
 #include "tests/engine/fixtures.h"
 
 namespace sinkscope::model {
@@ -55,9 +56,23 @@ struct Recorder {
   }
 };
 
-class PackingTest : public testing::FixtureModelTest {};
+class PackingTest : public testing::FixtureModelTest {
+ protected:
+  void CheckPackedEqualsOnePromptAtATime(AttentionBatching batching);
+  void CheckInterventionsReachOnlyTheirPrompt(AttentionBatching batching);
+};
 
+// Both ways of batching attention: runs of equal lengths (7 | 5 5 5 | 12 | 1), and every prompt padded to 12 in one
+// group (kPadded; the padding is far below kAttentionFreePadding), whose chunks of 3 query rows end inside some
+// prompts, past others, and cover only padding rows of the shorter ones.
 TEST_P(PackingTest, PackedEqualsOnePromptAtATime) {
+  for (AttentionBatching batching : {AttentionBatching::kEqualLength, AttentionBatching::kPadded}) {
+    SCOPED_TRACE(batching == AttentionBatching::kPadded ? "padded" : "equal-length");
+    CheckPackedEqualsOnePromptAtATime(batching);
+  }
+}
+
+void PackingTest::CheckPackedEqualsOnePromptAtATime(AttentionBatching batching) {
   const LlamaConfig& c = model_->config();
   const auto prompts = Prompts(c.vocab_size);
   std::vector<int64_t> all, lens;
@@ -76,6 +91,7 @@ TEST_P(PackingTest, PackedEqualsOnePromptAtATime) {
   po.segment_hooks = hooks;
   po.return_target_nll = true;
   po.attn_query_chunk = 3;  // several query chunks per prompt, a partial last one
+  po.attn_batching = batching;
   auto packed = model_->Forward(Ids(all), po);
   ASSERT_TRUE(packed.ok()) << packed.status();
   ASSERT_EQ(packed->logits.size(0), static_cast<int64_t>(all.size()));
@@ -106,6 +122,13 @@ TEST_P(PackingTest, PackedEqualsOnePromptAtATime) {
 }
 
 TEST_P(PackingTest, InterventionsReachOnlyTheirPrompt) {
+  for (AttentionBatching batching : {AttentionBatching::kEqualLength, AttentionBatching::kPadded}) {
+    SCOPED_TRACE(batching == AttentionBatching::kPadded ? "padded" : "equal-length");
+    CheckInterventionsReachOnlyTheirPrompt(batching);
+  }
+}
+
+void PackingTest::CheckInterventionsReachOnlyTheirPrompt(AttentionBatching batching) {
   const LlamaConfig& c = model_->config();
   const auto prompts = Prompts(c.vocab_size);
   // Prompt 2 gets its BOS MLP output zeroed at layer 0 and its layer-1 queries scaled; the others run clean.
@@ -129,6 +152,7 @@ TEST_P(PackingTest, InterventionsReachOnlyTheirPrompt) {
   ForwardOptions po;
   po.segments = lens;
   po.segment_hooks = hooks;
+  po.attn_batching = batching;
   auto packed = model_->Forward(Ids(all), po);
   ASSERT_TRUE(packed.ok()) << packed.status();
   int64_t row = 0;
@@ -147,6 +171,58 @@ TEST_P(PackingTest, InterventionsReachOnlyTheirPrompt) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, PackingTest, ::testing::Values("rope_mha", "rope_gqa", "nope", "qk_norm"));
+
+std::vector<std::vector<size_t>> Members(const std::vector<AttentionGroup>& groups) {
+  std::vector<std::vector<size_t>> m;
+  for (const AttentionGroup& g : groups) m.push_back(g.members);
+  return m;
+}
+
+TEST(AttentionGroups, EqualLengthRunsOrPaddedGroupsLongestFirst) {
+  using V = std::vector<std::vector<size_t>>;
+  // Equal lengths: runs of consecutive equal lengths, in order, read in place.
+  auto eq = PlanAttentionGroups({7, 5, 5, 5, 12, 5}, AttentionBatching::kEqualLength);
+  EXPECT_EQ(Members(eq), (V{{0}, {1, 2, 3}, {4}, {5}}));
+  for (const AttentionGroup& g : eq) EXPECT_EQ(g.pad_offset, -1);
+  EXPECT_EQ(eq[1].len, 5);
+  // Padded, short prompts: their padding is far below kAttentionFreePadding entries, so one group.
+  auto one = PlanAttentionGroups({7, 5, 5, 5, 12, 1}, AttentionBatching::kPadded);
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_EQ(one[0].members, (std::vector<size_t>{0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(one[0].len, 12);
+  EXPECT_EQ(one[0].pad_offset, 0);
+  // Padded, long prompts: by length 2000, 2000, 1900, 1500 (padding 2.14M entries <= a quarter of their 13.86M);
+  // 1000 would make it 5.14M > 3.72M, so it starts the next group, with 990.
+  auto two = PlanAttentionGroups({2000, 1900, 1000, 990, 2000, 1500}, AttentionBatching::kPadded);
+  EXPECT_EQ(Members(two), (V{{0, 1, 4, 5}, {2, 3}}));
+  EXPECT_EQ(two[0].len, 2000);
+  EXPECT_EQ(two[0].pad_offset, 0);
+  EXPECT_EQ(two[1].len, 1000);
+  EXPECT_EQ(two[1].pad_offset, 4 * 2000);  // after the first gathered group
+  // Consecutive equal lengths in padded mode stay a slice.
+  auto same = PlanAttentionGroups({4, 4, 4}, AttentionBatching::kPadded);
+  ASSERT_EQ(same.size(), 1u);
+  EXPECT_EQ(same[0].pad_offset, -1);
+  EXPECT_TRUE(PlanAttentionGroups({}, AttentionBatching::kPadded).empty());
+}
+
+TEST(AttentionGroups, SegmentsGatherPaddedRowsAndRestoreTheForwardOrder) {
+  LlamaConfig cfg;
+  cfg.max_position_embeddings = 64;
+  ForwardOptions o;
+  o.segments = {3, 1, 2};
+  // Equal lengths: three slices in order, nothing gathered or reordered.
+  auto eq = MakeSegments(cfg, 6, o);
+  ASSERT_TRUE(eq.ok()) << eq.status();
+  EXPECT_TRUE(eq->pad_rows.empty());
+  EXPECT_TRUE(eq->unpad_rows.empty());
+  // Padded: one group [0 1 2] of length 3; prompt 1 (row 3) and prompt 2 (rows 4, 5) are padded with their first row.
+  o.attn_batching = AttentionBatching::kPadded;
+  auto pad = MakeSegments(cfg, 6, o);
+  ASSERT_TRUE(pad.ok()) << pad.status();
+  EXPECT_EQ(pad->pad_rows, (std::vector<int64_t>{0, 1, 2, 3, 3, 3, 4, 5, 4}));
+  EXPECT_EQ(pad->unpad_rows, (std::vector<int64_t>{0, 1, 2, 3, 6, 7}));
+}
 
 TEST(PackingErrors, BadSegmentsAreRejected) {
   ASSERT_FALSE(FixtureDir().empty()) << testing::FixtureError();

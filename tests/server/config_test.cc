@@ -16,7 +16,7 @@ models:
 datasets_dir: data
 limits: {max_tokens_per_prompt: 512, max_prompts_per_job: 10, max_queued_jobs: 3, pack_tokens: 0,
          max_tokens_per_job: 30000000000, max_planned_passes: 77, forward_memory_bytes: 8589934592,
-         residual_memory_bytes: 0, max_request_bytes: 65536}
+         residual_memory_bytes: 0, max_request_bytes: 65536, attention: padded}
 )", "/srv/sinkscope/deploy");
   ASSERT_TRUE(c.ok()) << c.status();
   ASSERT_EQ(c->models.size(), 3u);
@@ -38,12 +38,14 @@ limits: {max_tokens_per_prompt: 512, max_prompts_per_job: 10, max_queued_jobs: 3
   EXPECT_EQ(c->limits.forward_memory_bytes, int64_t{8} << 30);
   EXPECT_EQ(c->limits.residual_memory_bytes, 0);  // no budget: one wave
   EXPECT_EQ(c->max_request_bytes, 65536);
+  EXPECT_EQ(c->limits.attention, sinkscope::job::RunLimits::Attention::kPadded);
   EXPECT_FALSE(c->forward_memory_auto);  // given: the server keeps it
   EXPECT_FALSE(c->residual_memory_auto);
   auto d = ParseServerConfig("models: [{name: a, path: p}]", "/tmp");
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_TRUE(d->forward_memory_auto);  // absent: the registry sizes them from each model's device
   EXPECT_TRUE(d->residual_memory_auto);
+  EXPECT_EQ(d->limits.attention, sinkscope::job::RunLimits::Attention::kAuto);  // by device
   auto e = ParseServerConfig(
       "models: [{name: a, path: p}]\nlimits: {forward_memory_bytes: auto, residual_memory_bytes: 1048576}", "/tmp");
   ASSERT_TRUE(e.ok()) << e.status();
@@ -75,6 +77,8 @@ TEST(ServerConfig, ErrorsNameTheKey) {
       {"models: [{name: a, path: p}]\nlimits: {forward_memory_bytes: [1]}",
        "limits.forward_memory_bytes: expected a byte count or auto"},
       {"models: [{name: a, path: p}]\nlimits: {max_queued_jobs: many}", "limits.max_queued_jobs: expected an integer"},
+      {"models: [{name: a, path: p}]\nlimits: {attention: sparse}",
+       "limits.attention: 'sparse' (expected auto, equal or padded)"},
       {"models: [{name: 'a b', path: p}]", "models[0].name"},
       {"models: [{name: a, path: p}]\nports: 3", "unknown key 'ports'"},
       {"{{{", "YAML parse error"},
