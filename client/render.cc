@@ -204,9 +204,10 @@ void RenderServerInfo(const v1::ServerInfo& r, const RenderOptions& o, std::ostr
       << absl::StrFormat("%.0f", r.uptime_seconds()) << " s\n"
       << "jobs: " << r.running_jobs() << " running, " << r.queued_jobs() << " queued\n"
       << "limits: " << r.limits().max_tokens_per_prompt() << " tokens/prompt, " << r.limits().max_prompts_per_job()
-      << " prompts/job, " << r.limits().max_queued_jobs() << " queued jobs, packing " << r.limits().pack_tokens()
-      << " tokens/forward" << (r.limits().attention().empty() ? "" : " (attention " + r.limits().attention() + ")")
-      << ", residual budget "
+      << " prompts/job, " << r.limits().max_queued_jobs() << " queued jobs\n"
+      << "packing: " << r.limits().pack_tokens() << " tokens/forward"
+      << (r.limits().attention().empty() ? "" : ", attention " + r.limits().attention()) << "\n"
+      << "residual budget "
       << (r.limits().residual_memory_per_model() ? std::string("per model, from its device")
                                                  : Budget(r.limits().residual_memory_bytes(), "none (one wave)"))
       << "\n";
@@ -214,7 +215,7 @@ void RenderServerInfo(const v1::ServerInfo& r, const RenderOptions& o, std::ostr
     out << "per job: " << r.limits().max_tokens_per_job() << " tokens through all forwards, "
         << r.limits().max_planned_passes() << " planned forward passes\n";
   if (r.limits().forward_memory_per_model())
-    out << "per forward: activation memory sized per model from its device (see `sinkscope models NAME`)\n";
+    out << "per forward: activation memory sized per model (see `sinkscope model NAME`)\n";
   else if (r.limits().forward_memory_bytes() > 0)
     out << "per forward: " << Gib(r.limits().forward_memory_bytes()) << " of activations at most\n";
 }

@@ -265,9 +265,13 @@ TEST(Table, MemoryBudgetsSizedPerModelOrFixed) {
   info.set_version("0.1.0");
   info.mutable_limits()->set_residual_memory_per_model(true);
   info.mutable_limits()->set_forward_memory_per_model(true);
+  info.mutable_limits()->set_pack_tokens(4096);
+  info.mutable_limits()->set_attention("auto");
   std::ostringstream a;
   RenderServerInfo(info, RenderOptions{Format::kTable, false}, a);
+  EXPECT_TRUE(absl::StrContains(a.str(), "packing: 4096 tokens/forward, attention auto\n")) << a.str();
   EXPECT_TRUE(absl::StrContains(a.str(), "residual budget per model, from its device")) << a.str();
+  for (const absl::string_view line : absl::StrSplit(a.str(), '\n')) EXPECT_LE(line.size(), 80u) << line;
   EXPECT_TRUE(absl::StrContains(a.str(), "per forward: activation memory sized per model")) << a.str();
   info.mutable_limits()->set_residual_memory_per_model(false);
   info.mutable_limits()->set_forward_memory_per_model(false);
