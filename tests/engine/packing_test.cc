@@ -1,7 +1,9 @@
 // Packed forwards: several prompts in one forward (block-diagonal causal attention, positions restarting at every
 // prompt, per-prompt hooks) must give what each prompt gives alone — logits, target NLL, every hook point (hook_pattern
-// included, chunked), and interventions applied to one prompt only. The one-prompt forward itself is checked against
-// the independent python reference in forward_test.cc, so this closes the loop for packed forwards.
+// included, chunked), and interventions applied to one prompt only, whether attention runs in equal-length runs or in
+// padded groups (AttentionBatching; the grouping and its gather/scatter rows are checked by hand too). The one-prompt
+// forward itself is checked against the independent python reference in forward_test.cc, so this closes the loop for
+// packed forwards.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
