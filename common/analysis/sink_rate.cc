@@ -3,9 +3,11 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
-#include <map>
 #include <limits>
+#include <map>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -58,6 +60,11 @@ class SinkRate final : public LayerAnalysis {
 
   void Flush() override {
     if (pending_.empty()) return;
+    // Accumulate in prompt order, as one prompt per forward does: padded attention groups (model::AttentionBatching)
+    // run a forward's prompts longest first.
+    std::stable_sort(pending_.begin(), pending_.end(), [](const Pending& a, const Pending& b) {
+      return std::make_pair(a.layer, a.prompt) < std::make_pair(b.layer, b.prompt);
+    });
     std::vector<at::Tensor> parts;
     for (const Pending& pd : pending_) parts.insert(parts.end(), pd.cur.parts.begin(), pd.cur.parts.end());
     const std::vector<at::Tensor> host = ToHost(parts);

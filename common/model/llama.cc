@@ -251,6 +251,7 @@ absl::StatusOr<at::Tensor> AttentionAll(const LlamaConfig& cfg, const at::Tensor
     zs.push_back(std::move(z));
   }
   at::Tensor z = zs.size() == 1 ? zs[0] : at::cat(zs, 0);
+  zs.clear();  // the groups' outputs: not alive beside their concatenation and its reordered copy
   return rows.unpad.defined() ? z.index_select(0, rows.unpad) : z;
 }
 

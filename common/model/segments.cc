@@ -34,6 +34,7 @@ absl::StatusOr<Segments> MakeSegments(const LlamaConfig& cfg, int64_t T, const F
   if (off != T)
     return absl::InvalidArgumentError(absl::StrCat("segments sum to ", off, " tokens, ids has T=", T));
   seg.groups = PlanAttentionGroups(seg.len, opts.attn_batching);
+  if (opts.attn_batching == AttentionBatching::kEqualLength) return seg;  // slices, in order: nothing to gather
   // Rows: a padded group's members are gathered, each padded to the group's length (repeating its first row).
   bool in_order = true;
   int64_t out = 0;  // the group's first row in the concatenated outputs
