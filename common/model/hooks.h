@@ -10,7 +10,8 @@
 //   kMlp       [T, d_mlp]                   mlp.hook_post (silu(gate) * up)
 //   kPattern   [n_heads, Tq_chunk, T]       attn.hook_pattern: float32 probabilities of query rows
 //              [q_offset, q_offset + Tq_chunk), delivered once per query chunk, masked entries 0; observe-only.
-// Tensors passed to hooks are on the model's device in its compute dtype, except hook_pattern (float32). HF module
+// Tensors passed to hooks are on the model's device in its compute dtype, except hook_pattern (float32). They may be
+// views that are not contiguous (a packed forward's slices; a padded attention group's rows and keys). HF module
 // equivalents are in docs/hooks.md.
 //
 // A HookSet is built per forward call (never stored in the model), so one loaded model serves concurrent jobs.
