@@ -79,17 +79,16 @@ int64_t QkMasks::num_layers(bool use_q, bool use_k) const {
 QkIdentifier::QkIdentifier(const ModelDims& dims) : dims_(dims), q_sum_(dims.n_layers), k_sum_(dims.n_layers) {}
 
 void QkIdentifier::Register(model::HookSet* hooks) {
-  for (int64_t l = 0; l < dims_.n_layers; ++l) {
-    hooks->Observe(model::HookName(l, model::HookId::kQ), [this, l](const model::HookPoint&, const at::Tensor& x) {
-      at::Tensor N = NormMatrix(x);  // summed on the device: no wait for the GPU per prompt
-      q_sum_[l] = q_sum_[l].defined() ? q_sum_[l] + N : N;
-      if (l == 0) ++n_prompts_;
-    });
-    hooks->Observe(model::HookName(l, model::HookId::kK), [this, l](const model::HookPoint&, const at::Tensor& x) {
-      at::Tensor N = NormMatrix(x);
-      k_sum_[l] = k_sum_[l].defined() ? k_sum_[l] + N : N;
-    });
-  }
+  for (int64_t l = 0; l < dims_.n_layers; ++l)
+    for (bool k : {false, true})
+      hooks->Observe(model::HookName(l, k ? model::HookId::kK : model::HookId::kQ),
+                     [this, l, k](const model::HookPoint&, const at::Tensor& x) { Add(l, k, NormMatrix(x)); });
+}
+
+void QkIdentifier::Add(int64_t layer, bool k, const at::Tensor& N) {
+  at::Tensor& sum = (k ? k_sum_ : q_sum_)[layer];
+  sum = sum.defined() ? sum + N : N;  // summed on the device: no wait for the GPU per prompt
+  if (layer == 0 && !k) ++n_prompts_;
 }
 
 at::Tensor QkIdentifier::MeanNorms(int64_t layer, bool use_k) const {

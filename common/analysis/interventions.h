@@ -51,7 +51,12 @@ struct QkMasks {
 class QkIdentifier {
  public:
   explicit QkIdentifier(const ModelDims& dims);
+  // Observes pre-rotary hook_q and hook_k and Adds their norm matrices (NormMatrix).
   void Register(model::HookSet* hooks);
+  // One prompt's norm matrix N = NormMatrix(hook_q or hook_k) at `layer`, float64 on the model's device, summed
+  // there. Prompts are counted at layer 0's Q. Register's observers call it, or massive values' observers, which
+  // compute the same matrices (MakeMassiveValues' feed).
+  void Add(int64_t layer, bool k, const at::Tensor& N);
   int32_t num_prompts() const { return n_prompts_; }
   QkMasks Masks(double lambda, job::ThresholdScope scope) const;
   // Whether Masks(lambda, scope) selects any dim of layer l among the used tensors; depends on layer l's norms only,

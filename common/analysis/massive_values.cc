@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "common/analysis/interventions.h"
+
 namespace sinkscope::analysis {
 
 at::Tensor NormMatrix(const at::Tensor& x) {
@@ -43,7 +45,8 @@ model::HookId HookOf(job::QkvTensor t, bool post_rotary) {
 
 class MassiveValues final : public LayerAnalysis {
  public:
-  MassiveValues(const job::MassiveValuesSpec& spec, const ModelDims& dims) : spec_(spec), dims_(dims) {
+  MassiveValues(const job::MassiveValuesSpec& spec, const ModelDims& dims, QkIdentifier* feed)
+      : spec_(spec), dims_(dims), feed_(MassiveValuesCanFeed(spec) ? feed : nullptr) {
     for (job::QkvTensor t : spec.tensors)
       if (std::find(tensors_.begin(), tensors_.end(), t) == tensors_.end()) tensors_.push_back(t);
     per_.resize(tensors_.size());
@@ -61,7 +64,10 @@ class MassiveValues final : public LayerAnalysis {
       for (int64_t l = 0; l < dims_.n_layers; ++l)
         hooks->Observe(model::HookName(l, HookOf(tensors_[i], spec_.post_rotary)),
                        [this, i, l, prompt = p.index](const model::HookPoint&, const at::Tensor& x) {
-                         pending_.push_back({i, l, prompt, NormMatrix(x)});
+                         at::Tensor M = NormMatrix(x);
+                         if (feed_ != nullptr && tensors_[i] != job::QkvTensor::kV)
+                           feed_->Add(l, tensors_[i] == job::QkvTensor::kK, M);
+                         pending_.push_back({i, l, prompt, std::move(M)});
                        });
     }
   }
@@ -159,6 +165,7 @@ class MassiveValues final : public LayerAnalysis {
 
   job::MassiveValuesSpec spec_;
   ModelDims dims_;
+  QkIdentifier* feed_;  // the Q/K identification fed with the same norm matrices, or null
   std::vector<job::QkvTensor> tensors_;
   std::vector<PerTensor> per_;
   std::map<int32_t, std::vector<int64_t>> prompt_totals_;  // prompt index -> count per tensor, until EndPrompt
@@ -168,8 +175,16 @@ class MassiveValues final : public LayerAnalysis {
 
 }  // namespace massive_values_internal
 
-std::unique_ptr<LayerAnalysis> MakeMassiveValues(const job::MassiveValuesSpec& spec, const ModelDims& dims) {
-  return std::make_unique<massive_values_internal::MassiveValues>(spec, dims);
+bool MassiveValuesCanFeed(const job::MassiveValuesSpec& spec) {
+  auto has = [&](job::QkvTensor t) {
+    return std::find(spec.tensors.begin(), spec.tensors.end(), t) != spec.tensors.end();
+  };
+  return !spec.post_rotary && has(job::QkvTensor::kQ) && has(job::QkvTensor::kK);
+}
+
+std::unique_ptr<LayerAnalysis> MakeMassiveValues(const job::MassiveValuesSpec& spec, const ModelDims& dims,
+                                                 QkIdentifier* feed) {
+  return std::make_unique<massive_values_internal::MassiveValues>(spec, dims, feed);
 }
 
 }  // namespace sinkscope::analysis

@@ -22,7 +22,14 @@
 
 namespace sinkscope::analysis {
 
-std::unique_ptr<LayerAnalysis> MakeMassiveValues(const job::MassiveValuesSpec& spec, const ModelDims& dims);
+class QkIdentifier;
+
+// `feed` (may be null): when the spec is pre-rotary with Q and K, the observers also hand each prompt's Q and K norm
+// matrices to it (QkIdentifier::Add), so that a job with both does not compute them twice.
+std::unique_ptr<LayerAnalysis> MakeMassiveValues(const job::MassiveValuesSpec& spec, const ModelDims& dims,
+                                                 QkIdentifier* feed = nullptr);
+// Whether MakeMassiveValues(spec, dims, feed) feeds `feed` every norm matrix QkIdentifier::Register would compute.
+bool MassiveValuesCanFeed(const job::MassiveValuesSpec& spec);
 
 // M[h,d] = ‖x[:,h,d]‖₂ for x [T, H, D] (any float dtype), float64, on x's device. Rows are converted in chunks.
 at::Tensor NormMatrix(const at::Tensor& x);

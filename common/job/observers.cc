@@ -30,9 +30,24 @@ std::vector<ComparisonRow> Compare(const std::vector<ModelSummary>& ms) {
 }
 
 Observers::Observers(const Plan& plan, const analysis::ModelDims& dims, bool overlap) {
+  bool need_spike = false, need_ident = false;
+  if (const PerplexitySpec* ppl = plan.perplexity())
+    for (const Intervention& iv : ppl->interventions) {
+      if (const auto* b = std::get_if<BosMlpAblation>(&iv.kind); b && !b->layer) need_spike = true;
+      if (const auto* q = std::get_if<QkMassiveDisruption>(&iv.kind); q && !q->identify_on) need_ident = true;
+    }
+  if (need_ident) ident = std::make_unique<analysis::QkIdentifier>(dims);
   for (const AnalysisSpec& a : plan.spec.analyses) {
     std::visit(Overloaded{[&](const SinkRateSpec& s) { emitted.push_back(analysis::MakeSinkRate(s, dims)); },
-                          [&](const MassiveValuesSpec& s) { emitted.push_back(analysis::MakeMassiveValues(s, dims)); },
+                          [&](const MassiveValuesSpec& s) {
+                            // The identification's norm matrices are this analysis' own Q and K ones (one feeder).
+                            analysis::QkIdentifier* feed = nullptr;
+                            if (ident && !ident_fed && analysis::MassiveValuesCanFeed(s)) {
+                              feed = ident.get();
+                              ident_fed = true;
+                            }
+                            emitted.push_back(analysis::MakeMassiveValues(s, dims, feed));
+                          },
                           [&](const ResidualStatsSpec& s) {
                             auto r = analysis::MakeResidualStats(s, dims, /*emit=*/true);
                             resid = r.get();
@@ -48,17 +63,10 @@ Observers::Observers(const Plan& plan, const analysis::ModelDims& dims, bool ove
                           }},
                a);
   }
-  bool need_spike = false, need_ident = false;
-  if (const PerplexitySpec* ppl = plan.perplexity())
-    for (const Intervention& iv : ppl->interventions) {
-      if (const auto* b = std::get_if<BosMlpAblation>(&iv.kind); b && !b->layer) need_spike = true;
-      if (const auto* q = std::get_if<QkMassiveDisruption>(&iv.kind); q && !q->identify_on) need_ident = true;
-    }
   if (need_spike && resid == nullptr) {
     hidden_resid = analysis::MakeResidualStats(ResidualStatsSpec{}, dims, /*emit=*/false);
     resid = hidden_resid.get();
   }
-  if (need_ident) ident = std::make_unique<analysis::QkIdentifier>(dims);
   const bool per_prompt = plan.spec.per_prompt || plan.spec.emit_token_ids;
   for (const auto& a : emitted) {
     if (per_prompt) a->KeepPerPrompt();
@@ -71,7 +79,7 @@ Observers::Observers(const Plan& plan, const analysis::ModelDims& dims, bool ove
 void Observers::Register(const analysis::PromptCtx& ctx, model::HookSet* hooks) const {
   for (const auto& a : emitted) a->Register(ctx, hooks);
   if (hidden_resid) hidden_resid->Register(ctx, hooks);
-  if (ident) ident->Register(hooks);
+  if (ident && !ident_fed) ident->Register(hooks);
 }
 
 

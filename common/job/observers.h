@@ -24,6 +24,7 @@ struct Observers {
   analysis::ResidualStats* resid = nullptr;                       // spike detection (emitted or hidden)
   std::unique_ptr<analysis::ResidualStats> hidden_resid;
   std::unique_ptr<analysis::QkIdentifier> ident;  // Q/K massive dims on the job's inputs
+  bool ident_fed = false;  // a massive-values analysis hands ident its norm matrices (no observers of its own)
   bool last_after_norm = false, model_level = false;
   bool overlapped = false;  // some analysis leaves host work running after Flush (Settle before Layer)
 

@@ -8,6 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/job/datasets.h"
+#include "common/job/observers.h"
+#include "common/model/llama.h"
 #include "common/tokenizer/tokenizer.h"
 #include "tests/analysis/recording_sink.h"
 #include "tests/analysis/test_models.h"
@@ -58,6 +60,48 @@ TEST(Runner, OneForwardPerModelAndPromptServesEveryObserver) {
     EXPECT_EQ(l.activation_stats.size(), 3u);
   }
   EXPECT_EQ(sink.All<job::PerplexityResult>().size(), 2u);  // baseline per model
+}
+
+// A Q/K disruption identified on the job's inputs takes its norm matrices from a pre-rotary massive-values analysis
+// of Q and K in the same job instead of computing them again (Observers::ident_fed): the same dims, perplexities and
+// controls, bit for bit, as with the identification's own observers (no massive values, or post-rotary ones).
+TEST(Runner, QkIdentificationReusesMassiveValuesNormMatrices) {
+  const std::vector<job::ModelHandle> models = {RandomModel(true, 31, -1, "rope")};
+  job::QkMassiveDisruption qk;
+  qk.lambda = 1.5;  // low enough that this random model has massive dims
+  qk.control_seeds = {42};
+  job::PerplexitySpec ppl;
+  ppl.interventions = {{"", qk}};
+  job::MassiveValuesSpec pre, post;
+  pre.lambda = post.lambda = 1.5;
+  post.post_rotary = true;
+  const std::vector<std::vector<job::AnalysisSpec>> variants = {{pre, ppl}, {ppl}, {post, ppl}};
+  std::vector<std::map<std::string, double>> numbers;
+  for (size_t v = 0; v < variants.size(); ++v) {
+    const job::JobSpec spec = Spec({"rope"}, Prompts(), variants[v]);
+    auto plan = job::BuildPlan(spec, models, Unpacked());
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    const job::Observers obs(*plan, analysis::ModelDims::From(models[0].model->config()), /*overlap=*/false);
+    ASSERT_NE(obs.ident, nullptr);
+    EXPECT_EQ(obs.ident_fed, v == 0) << v;
+    RecordingSink sink;
+    auto r = job::RunJob(spec, models, Unpacked(), &sink, NoCancel());
+    ASSERT_TRUE(r.ok()) << r.status();
+    std::map<std::string, double> n;
+    for (const auto& [k, x] : r->models[0].metrics)
+      if (k.rfind("perplexity.", 0) == 0) n[k] = x;
+    for (const auto& p : sink.All<job::PerplexityResult>()) {
+      n[p.condition + "/ppl"] = p.perplexity;
+      n[p.condition + "/dims"] = p.disrupted_dims;
+      for (size_t c = 0; c < p.control_perplexities.size(); ++c)
+        n[absl::StrCat(p.condition, "/control", c)] = p.control_perplexities[c];
+    }
+    numbers.push_back(std::move(n));
+  }
+  ASSERT_GT(numbers[0].at("qk_massive/dims"), 0);
+  EXPECT_NE(numbers[0].at("qk_massive/ppl"), numbers[0].at("baseline/ppl"));
+  EXPECT_EQ(numbers[0], numbers[1]);
+  EXPECT_EQ(numbers[0], numbers[2]);
 }
 
 TEST(Runner, InterventionsAddOnlyTheirPasses) {
