@@ -18,7 +18,7 @@
 #   6. hf_bench.py: the same work in transformers, the study's way and the best single-pass way;
 #   6b. packing: sinkscope-job-bench, the phase suite over the bench prompts cut to 16-64 tokens (weight-bound),
 #      one prompt per forward vs all prompts packed into one forward, their attention in equal-length runs or in
-#      padded groups (OUT/packing.md: times, ATen ops per layer, the most frequent ops);
+#      padded groups (OUT/packing.md, also gpu.md's last section: times, ATen ops per layer, the most frequent ops);
 #   7. report: OUT/gpu.md (also bench/results/gpu.md on cuda), OUT/results.json, OUT/gpu-check.log, OUT/logs.tgz.
 # Every step has a hard timeout inside a global budget (--budget, default 560 s on cuda: the node gives us ONE
 # 10-minute command), steps run most-valuable-first, and the report is rewritten after each step, so a timeout

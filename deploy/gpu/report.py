@@ -291,6 +291,21 @@ def main():
                  "`single`: one eager forward per prompt with hooks for every observation, SDPA for the 5 intervention "
                  "passes. HF memory (torch max allocated, both models): "
                  f"{(hf.get('max_memory_allocated_bytes') or 0) / 2**30:.1f} GiB.")
+    # Packing on the device (sinkscope-job-bench, its own report): one prompt per forward vs packed forwards whose
+    # attention runs in equal-length runs or padded groups, with the ATen ops each dispatched.
+    L.append("\n## Prompt packing (sinkscope-job-bench, in process)\n")
+    packing = ""
+    if any(s.get("step") == "packing" and s.get("status") == "ok" for s in res["steps"]):  # not an earlier run's
+        try:
+            with open(os.path.join(W, "bench", "packing.md")) as f:
+                packing = f.read()
+        except OSError:
+            pass
+    if packing:
+        start = packing.find("Job:")
+        L.append(packing[max(start, 0):].strip() + "\n")
+    else:
+        L.append("Not run, skipped or failed (see the steps table).\n")
     with open(os.path.join(a.out, "gpu.md"), "w") as f:
         f.write("\n".join(L) + "\n")
     print(f"report: {os.path.join(a.out, 'gpu.md')}")
