@@ -38,15 +38,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
 #include "common/model/llama.h"
 #include "common/model/segments.h"
 #include "common/util/status_macros.h"
 
 namespace sinkscope::model {
 namespace {
-
-std::string ShapeStr(at::IntArrayRef s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
 
 // Accumulation dtype for norms, attention scores and logits: float32, or float64 when computing in float64 (used by
 // gradient checks).
@@ -64,78 +61,6 @@ at::Tensor RotateHalf(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
-
-// Hook plumbing for one forward. Names are built only for points that some prompt wants.
-class Hooks {
- public:
-  Hooks(const Segments& seg, int64_t n_layers) : seg_(seg) {
-    for (const HookSet* h : seg.hooks) active_ |= h != nullptr && !h->empty();
-    if (!active_) return;
-    names_.resize(n_layers);
-    wanted_.resize(n_layers);
-    for (int64_t l = 0; l < n_layers; ++l)
-      for (const HookInfo& info : kLayerHooks) {
-        const size_t i = static_cast<size_t>(info.id);
-        names_[l][i] = HookName(l, info.id);
-        for (const HookSet* h : seg.hooks) wanted_[l][i] = wanted_[l][i] || (h && h->Wants(names_[l][i]));
-      }
-  }
-
-  bool Wants(int64_t layer, HookId id) const { return active_ && wanted_[layer][static_cast<size_t>(id)]; }
-
-  // Per-layer point: each prompt's hooks run on its rows of x [ΣT, ...]; interventions replace those rows.
-  absl::StatusOr<at::Tensor> At(int64_t layer, HookId id, const at::Tensor& x) const {
-    if (!Wants(layer, id)) return x;
-    return RunAll(names_[layer][static_cast<size_t>(id)], static_cast<int>(layer), x);
-  }
-  // Model-level point (hook_embed, ln_final.hook_normalized).
-  absl::StatusOr<at::Tensor> AtModel(const char* name, const at::Tensor& x) const {
-    if (!active_) return x;
-    return RunAll(std::string(name), -1, x);
-  }
-  // hook_pattern of prompt s: p [H, tq, T_s] for query rows [q0, q0 + tq). Observe-only.
-  absl::Status Pattern(int64_t layer, size_t s, const at::Tensor& p, int64_t q0) const {
-    const std::string& name = names_[layer][static_cast<size_t>(HookId::kPattern)];
-    if (seg_.hooks[s] == nullptr || !seg_.hooks[s]->Wants(name)) return absl::OkStatus();
-    return Checked(*seg_.hooks[s], name, static_cast<int>(layer), p, q0).status();
-  }
-
- private:
-  absl::StatusOr<at::Tensor> RunAll(const std::string& name, int layer, const at::Tensor& x) const {
-    if (seg_.size() == 1) {
-      if (seg_.hooks[0] == nullptr || !seg_.hooks[0]->Wants(name)) return x;
-      return Checked(*seg_.hooks[0], name, layer, x, 0);
-    }
-    at::Tensor out = x;
-    for (size_t s = 0; s < seg_.size(); ++s) {
-      const HookSet* h = seg_.hooks[s];
-      if (h == nullptr || !h->Wants(name)) continue;
-      ASSIGN_OR_RETURN(at::Tensor y, Checked(*h, name, layer, x.narrow(0, seg_.off[s], seg_.len[s]), 0));
-      if (!h->Intervenes(name)) continue;
-      if (out.is_same(x)) out = x.clone();  // the first replacement: other prompts' rows stay as they were
-      out.narrow(0, seg_.off[s], seg_.len[s]).copy_(y);
-    }
-    return out;
-  }
-
-  // Runs interventions + observers; checks that interventions kept the shape, and restores dtype/device.
-  static absl::StatusOr<at::Tensor> Checked(const HookSet& h, const std::string& name, int layer, const at::Tensor& x,
-                                            int64_t q_offset) {
-    at::Tensor y = h.Run(name, layer, x, q_offset);
-    if (!y.defined())
-      return absl::InvalidArgumentError(absl::StrCat("intervention on ", name, " returned an undefined tensor"));
-    if (y.sizes() != x.sizes())
-      return absl::InvalidArgumentError(absl::StrCat("intervention on ", name, " returned shape ", ShapeStr(y.sizes()),
-                                                     ", expected ", ShapeStr(x.sizes())));
-    if (y.scalar_type() != x.scalar_type() || y.device() != x.device()) y = y.to(x.device(), x.scalar_type());
-    return y;
-  }
-
-  const Segments& seg_;
-  bool active_ = false;
-  std::vector<std::array<std::string, kNumLayerHooks>> names_;
-  std::vector<std::array<bool, kNumLayerHooks>> wanted_;
-};
 
 // Rotary cos/sin [ΣT, 1, hd] in `dtype` for positions restarting at every prompt, computed in fp32 (HF
 // LlamaRotaryEmbedding, default rope_type).
@@ -165,7 +90,7 @@ std::pair<at::Tensor, at::Tensor> Rope(const LlamaConfig& cfg, const Segments& s
 // are dropped by the caller. Each member's hook_pattern sees only its own rows and keys, [H, tq, Tᵢ].
 absl::StatusOr<at::Tensor> Attention(const LlamaConfig& cfg, const at::Tensor& q, const at::Tensor& k,
                                      const at::Tensor& v, const AttentionGroup& group, const Segments& seg,
-                                     int64_t chunk, const Hooks& hooks, int64_t layer) {
+                                     int64_t chunk, const SegmentHooks& hooks, int64_t layer) {
   const int64_t G = static_cast<int64_t>(group.members.size());
   const int64_t T = group.len, H = q.size(1), hd = q.size(2), Hkv = k.size(1), rep = H / Hkv;
   const double scale = cfg.attention_scale();
@@ -233,7 +158,7 @@ struct AttentionRows {
 // through rows.unpad (undefined when they are in order already).
 absl::StatusOr<at::Tensor> AttentionAll(const LlamaConfig& cfg, const at::Tensor& q, const at::Tensor& k,
                                         const at::Tensor& v, const Segments& seg, const AttentionRows& rows,
-                                        int64_t chunk, const Hooks& hooks, int64_t layer) {
+                                        int64_t chunk, const SegmentHooks& hooks, int64_t layer) {
   at::Tensor qp, kp, vp;
   if (rows.pad.defined()) {
     qp = q.index_select(0, rows.pad);
@@ -257,7 +182,8 @@ absl::StatusOr<at::Tensor> AttentionAll(const LlamaConfig& cfg, const at::Tensor
 
 absl::StatusOr<at::Tensor> DecoderLayer(const LlamaConfig& cfg, const LayerWeights& w, int64_t l, at::Tensor x,
                                         const std::pair<at::Tensor, at::Tensor>* rope, const Segments& seg,
-                                        const AttentionRows& rows, const ForwardOptions& opts, const Hooks& hooks) {
+                                        const AttentionRows& rows, const ForwardOptions& opts,
+                                        const SegmentHooks& hooks) {
   const int64_t N = x.size(0), H = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, hd = cfg.head_dim;
   const double eps = cfg.rms_norm_eps;
   ASSIGN_OR_RETURN(x, hooks.At(l, HookId::kResidPre, x));
@@ -346,7 +272,7 @@ struct ForwardRun::State {
   const LlamaWeights& w;
   ForwardOptions opts;
   const Segments seg;
-  const Hooks hooks;
+  const SegmentHooks hooks;
   at::Tensor ids;                         // [T] int64 on the device
   at::Tensor x;                           // the residual stream entering layer `next`
   std::pair<at::Tensor, at::Tensor> rope;  // undefined for NoPE

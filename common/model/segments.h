@@ -1,8 +1,11 @@
 // The prompts of one (packed) forward: lengths, offsets in the packed sequence and hook sets, checked against the
-// model's context (no tensor work). Used by the forward in llama.cc.
+// model's context, their attention groups, and the running of each prompt's hooks on its own rows. Used by the
+// forward in llama.cc.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -29,5 +32,27 @@ struct Segments {
 // InvalidArgument for an empty prompt, one longer than max_position_embeddings (unless
 // opts.allow_beyond_max_positions), mismatched hook lists or lengths that do not sum to T.
 absl::StatusOr<Segments> MakeSegments(const LlamaConfig& cfg, int64_t T, const ForwardOptions& opts);
+
+// Hook plumbing for one forward over `seg` (which it refers to). Names are built only for points that some prompt
+// wants.
+class SegmentHooks {
+ public:
+  SegmentHooks(const Segments& seg, int64_t n_layers);
+  bool Wants(int64_t layer, HookId id) const { return active_ && wanted_[layer][static_cast<size_t>(id)]; }
+  // Per-layer point: each prompt's hooks run on its rows of x [ΣT, ...]; interventions replace those rows.
+  absl::StatusOr<at::Tensor> At(int64_t layer, HookId id, const at::Tensor& x) const;
+  // Model-level point (hook_embed, ln_final.hook_normalized).
+  absl::StatusOr<at::Tensor> AtModel(const char* name, const at::Tensor& x) const;
+  // hook_pattern of prompt s: p [H, tq, T_s] for query rows [q0, q0 + tq). Observe-only.
+  absl::Status Pattern(int64_t layer, size_t s, const at::Tensor& p, int64_t q0) const;
+
+ private:
+  absl::StatusOr<at::Tensor> RunAll(const std::string& name, int layer, const at::Tensor& x) const;
+
+  const Segments& seg_;
+  bool active_ = false;
+  std::vector<std::array<std::string, kNumLayerHooks>> names_;
+  std::vector<std::array<bool, kNumLayerHooks>> wanted_;
+};
 
 }  // namespace sinkscope::model

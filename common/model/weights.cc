@@ -16,8 +16,6 @@
 namespace sinkscope::model {
 namespace {
 
-std::string ShapeStr(at::IntArrayRef s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
-
 // The per-layer tensors of a Llama decoder layer, in HF order. Shapes are in units of the config (below); `need`
 // says when the config implies the tensor.
 enum class Dim { kD, kQ, kKv, kI };  // hidden, heads·head_dim, kv_heads·head_dim, intermediate
@@ -138,6 +136,8 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& s) {
   return absl::InvalidArgumentError(
       absl::StrCat("dtype \"", s, "\" is not supported (expected float32, bfloat16 or float16)"));
 }
+
+std::string ShapeStr(at::IntArrayRef s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
 
 std::string DtypeName(at::ScalarType t) {
   switch (t) {

@@ -77,5 +77,6 @@ at::Tensor CopyTensor(const StTensor& t, at::ScalarType dtype);
 // "float32" | "bfloat16" | "float16" (aliases fp32, float, bf16, fp16, half); InvalidArgument otherwise.
 absl::StatusOr<at::ScalarType> ParseDtype(const std::string& s);
 std::string DtypeName(at::ScalarType t);  // "float32", "bfloat16", "float16", "float64", ...
+std::string ShapeStr(at::IntArrayRef s);  // "[4096, 32000]", for error messages
 
 }  // namespace sinkscope::model
