@@ -95,10 +95,7 @@ class Executor {
     ms_.truncated_prompts = mp.truncated;
     for (const auto& p : mp.prompts) ms_.num_tokens += static_cast<int64_t>(p.size());
     // Host work in the background where the device can go on meanwhile: a GPU model (RunLimits::HostWork).
-    using HostWork = RunLimits::HostWork;
-    const bool background =
-        plan_.host_work == HostWork::kAuto ? model.device() != "cpu" : plan_.host_work == HostWork::kBackground;
-    obs_ = std::make_unique<Observers>(plan_, dims_, background);
+    obs_ = std::make_unique<Observers>(plan_, dims_, mp.background_host_work);
     prompt_ppl_.assign(mp.prompts.size(), {});
     base_ = analysis::NllAccumulator{};
     base_ppl_ = 0;
@@ -347,7 +344,6 @@ class Executor {
     const int64_t L = mh.model->config().num_hidden_layers;
     const int32_t p = pass.first_prompt, P = static_cast<int32_t>(prompts.size());
     ReportProgress(condition, p, P, -1, L, /*force=*/p == 0);
-    model::ForwardOptions o;
     std::vector<int32_t> ids;
     std::vector<int64_t> lens;
     for (int32_t i = 0; i < pass.num_prompts; ++i) {
@@ -355,16 +351,7 @@ class Executor {
       ids.insert(ids.end(), prompt.begin(), prompt.end());
       lens.push_back(static_cast<int64_t>(prompt.size()));
     }
-    if (lens.size() == 1) {
-      o.hooks = hooks[0];
-    } else {
-      o.segments = lens;
-      o.segment_hooks = hooks;
-    }
-    o.return_logits = false;
-    o.return_target_nll = want_nll;
-    o.check_finite = true;  // a NaN/Inf job fails with the layer named, rather than reporting plausible zeros
-    o.attn_batching = plan_.models[m_].attention;
+    model::ForwardOptions o = JobForwardOptions(lens, hooks, want_nll, plan_.models[m_].attention);
     o.start_layer = start_layer;
     o.start_residual = start_residual;
     // A packed forward works on all its prompts at once: its layers report the last of them (prompt k of N = the

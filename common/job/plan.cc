@@ -191,7 +191,6 @@ absl::StatusOr<Plan> BuildPlan(JobSpec spec, std::vector<ModelHandle> models, co
   DatasetCache datasets(limits.data_dir);
   RETURN_IF_ERROR(ValidateJob(spec, models, limits, &datasets));
   Plan plan;
-  plan.host_work = limits.host_work;
   plan.spec = std::move(spec);
   for (size_t i = 0; i < plan.spec.analyses.size(); ++i)
     if (std::holds_alternative<PerplexitySpec>(plan.spec.analyses[i])) plan.perplexity_index = static_cast<int32_t>(i);
@@ -223,9 +222,11 @@ absl::StatusOr<Plan> BuildPlan(JobSpec spec, std::vector<ModelHandle> models, co
   for (size_t m = 0; m < plan.models.size(); ++m) {
     ModelPlan& mp = plan.models[m];
     using Attention = RunLimits::Attention;
-    const bool pad = limits.attention == Attention::kAuto ? mp.handle.model->device() != "cpu"
-                                                           : limits.attention == Attention::kPadded;
+    using HostWork = RunLimits::HostWork;
+    const bool gpu = mp.handle.model->device() != "cpu";
+    const bool pad = limits.attention == Attention::kAuto ? gpu : limits.attention == Attention::kPadded;
     mp.attention = pad ? model::AttentionBatching::kPadded : model::AttentionBatching::kEqualLength;
+    mp.background_host_work = limits.host_work == HostWork::kAuto ? gpu : limits.host_work == HostWork::kBackground;
     const PackBudget budget{limits.pack_tokens, ForwardMemoryBudget(mp.handle, limits), mp.attention};
     mp.residual_budget = ResidualMemoryBudget(mp.handle, limits);
     const int32_t mi = static_cast<int32_t>(m);

@@ -50,7 +50,9 @@ struct ModelPlan {
   // ResidualMemoryBudget of the model (0 = none): its baseline passes are grouped into waves whose carried residuals
   // fit it; what its largest wave leaves is where clean residuals are kept for prefix reuse.
   int64_t residual_budget = 0;
-  model::AttentionBatching attention = model::AttentionBatching::kEqualLength;  // RunLimits::attention, resolved
+  // RunLimits::attention and host_work, resolved for the model's device.
+  model::AttentionBatching attention = model::AttentionBatching::kEqualLength;
+  bool background_host_work = false;
 };
 
 // What a job will cost, known before it is queued (admission control hangs here).
@@ -68,7 +70,6 @@ struct Plan {
   std::vector<Pass> passes;         // execution order (see the file comment)
   std::string inputs_digest;        // SHA-256 over model names and every prompt's ids
   Estimate estimate;
-  RunLimits::HostWork host_work = RunLimits::HostWork::kAuto;  // RunLimits'
 
   const PerplexitySpec* perplexity() const;  // null when the job has no perplexity analysis
 };

@@ -47,6 +47,23 @@ std::vector<at::Tensor> SplitNll(const at::Tensor& nll, const std::vector<int64_
   return nll.split_with_sizes(targets);
 }
 
+model::ForwardOptions JobForwardOptions(const std::vector<int64_t>& lengths,
+                                        const std::vector<const model::HookSet*>& hooks, bool want_nll,
+                                        model::AttentionBatching attention) {
+  model::ForwardOptions o;
+  if (lengths.size() == 1) {
+    o.hooks = hooks.empty() ? nullptr : hooks[0];
+  } else {
+    o.segments = lengths;
+    o.segment_hooks = hooks;
+  }
+  o.return_logits = false;
+  o.return_target_nll = want_nll;
+  o.check_finite = true;
+  o.attn_batching = attention;
+  return o;
+}
+
 absl::StatusOr<std::vector<model::ForwardResult>> RunWave(const model::LlamaModel& model,
                                                           const std::vector<WaveForward>& forwards, bool want_nll,
                                                           model::AttentionBatching attention,
@@ -57,18 +74,8 @@ absl::StatusOr<std::vector<model::ForwardResult>> RunWave(const model::LlamaMode
   for (size_t k = 0; k < forwards.size(); ++k) {
     if (cb.before_forward) RETURN_IF_ERROR(cb.before_forward(k));
     const WaveForward& f = forwards[k];
-    model::ForwardOptions o;
-    if (f.lengths.size() == 1) {
-      o.hooks = f.hooks.empty() ? nullptr : f.hooks[0];
-    } else {
-      o.segments = f.lengths;
-      o.segment_hooks = f.hooks;
-    }
-    o.return_logits = false;
-    o.return_target_nll = want_nll;
-    o.check_finite = true;  // a NaN/Inf job fails with the layer named, rather than reporting plausible zeros
-    o.attn_batching = attention;
-    absl::StatusOr<model::ForwardRun> run = model.Begin(f.ids, std::move(o));
+    absl::StatusOr<model::ForwardRun> run =
+        model.Begin(f.ids, JobForwardOptions(f.lengths, f.hooks, want_nll, attention));
     if (!run.ok()) return WithContext(run.status(), f.what);
     runs.push_back(std::move(*run));
   }

@@ -54,6 +54,13 @@ struct WaveCallbacks {
   std::function<void(size_t k)> after_finish;
 };
 
+// A job's forward over prompts of these lengths, each with its hook set (`hooks` may be empty: none): no logits, the
+// target NLL when want_nll, NaN/Inf checked after every layer (a job fails naming the layer rather than reporting
+// plausible zeros), attention grouped by `attention`.
+model::ForwardOptions JobForwardOptions(const std::vector<int64_t>& lengths,
+                                        const std::vector<const model::HookSet*>& hooks, bool want_nll,
+                                        model::AttentionBatching attention);
+
 // Runs the wave, each forward's attention grouped by `attention`; returns each forward's ForwardResult (target_nll
 // when want_nll). Errors carry the forward's `what`; cancellation statuses pass through unchanged.
 absl::StatusOr<std::vector<model::ForwardResult>> RunWave(const model::LlamaModel& model,
