@@ -489,7 +489,12 @@ EOF
   "$BIN_CLI" -f json models > "$WORK/bench/models.json" || true
   local smi_pid=""
   if command -v nvidia-smi >/dev/null; then
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$WORK/bench/smi.txt" 2>/dev/null &
+    # Memory, and how busy the device is (utilization.gpu: share of time some kernel ran) while the job runs, of
+    # the GPU that cuda:0 is (the first of CUDA_VISIBLE_DEVICES, an index or a UUID, as nvidia-smi -i takes both).
+    local smi_gpu=${CUDA_VISIBLE_DEVICES:-0}
+    smi_gpu=${smi_gpu%%,*}
+    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader,nounits -i "${smi_gpu:-0}" -lms 200 \
+      > "$WORK/bench/smi.txt" 2>/dev/null &
     smi_pid=$!
   fi
   mapfile -t IDS < <(ids_args "$WORK/bench_prompts.json")

@@ -108,6 +108,26 @@ def streaming(ev):
     return res
 
 
+def smi_samples(text):
+    """nvidia-smi's "memory.used, utilization.gpu" samples (MiB, %), one "a, b" line each, as gpu-check.sh takes them
+    during the timed job: (peak memory MiB, mean utilization %, share of samples at >= 90 %), None where no sample.
+    utilization.gpu is the share of the sample period in which some kernel ran: well below 100 % means the device
+    waited for the host (launches, synchronisations, host-side merges) rather than for its own work."""
+    mem, util = [], []
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        try:
+            vals = [float(p) for p in parts]
+        except ValueError:
+            continue  # "[N/A]", a header, a cut line
+        if vals:
+            mem.append(vals[0])
+        if len(vals) > 1:
+            util.append(vals[1])
+    return (max(mem) if mem else None, sum(util) / len(util) if util else None,
+            sum(u >= 90 for u in util) / len(util) if util else None)
+
+
 def flops_per_token(cfg, T):
     """Forward FLOPs per token: 2 x matmul parameters (projections, MLP, lm_head) + causal attention 2·2·L·d·T/2."""
     d, I, V, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
@@ -158,12 +178,11 @@ def main():
     for cand in glob.glob("/dev/shm/sinkscope-gpu-check/bench-rope/config.json") + \
             glob.glob(os.path.join(W, "ckpt", "bench-rope", "config.json")):
         cfg = load(cand) or cfg
-    smi = []
     try:
         with open(os.path.join(W, "bench", "smi.txt")) as f:
-            smi = [float(x) for x in f.read().split() if x.replace(".", "").isdigit()]
+            smi_mem, smi_util, smi_busy = smi_samples(f.read())
     except OSError:
-        pass
+        smi_mem = smi_util = smi_busy = None
     b = {}
     if summary:
         elapsed = float(g(summary, "elapsedSeconds", 0)) or load_txt.get("client_ms", 0) / 1000
@@ -179,7 +198,8 @@ def main():
              "server_load_seconds": load_txt.get("load_seconds"), "planned_passes": passes,
              "suite_tokens_per_s": suite_tokens / elapsed if elapsed else None,
              "forward_tokens_per_s": fwd_tokens / elapsed if elapsed else None, "forward_tokens": fwd_tokens,
-             "peak_gpu_memory_mib": max(smi) if smi else None,
+             "peak_gpu_memory_mib": smi_mem, "gpu_utilization_mean_pct": smi_util,
+             "gpu_utilization_ge90_share": smi_busy,
              "weight_bytes": {m.get("name"): int(g(m, "weightBytes", 0)) for m in models if "name" in m},
              "metrics": {m.get("model"): m.get("metrics", {}) for m in summary.get("models", [])}}
         if cfg and elapsed:
@@ -264,6 +284,9 @@ def main():
             L.append("| weights (ModelInfo.weight_bytes) | " + ", ".join(f"{k}: {v / 2**30:.1f} GiB" for k, v in b["weight_bytes"].items()) + " |")
         if b.get("peak_gpu_memory_mib"):
             L.append(f"| peak GPU memory used (nvidia-smi, whole GPU) | {b['peak_gpu_memory_mib'] / 1024:.1f} GiB |")
+        if b.get("gpu_utilization_mean_pct") is not None:
+            L.append(f"| GPU busy during the job (nvidia-smi utilization.gpu: mean / samples ≥ 90 %) | "
+                     f"{b['gpu_utilization_mean_pct']:.0f} % / {100 * b['gpu_utilization_ge90_share']:.0f} % |")
     else:
         L.append("sinkscope bench not run or no summary (see the steps table).\n")
     if res["bench"]["streaming"]:

@@ -19,6 +19,7 @@ import torch
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path[:0] = [os.path.join(ROOT, "deploy", "gpu"), os.path.join(ROOT, "tests", "analysis")]
 import hf_llama  # noqa: E402
+import report  # noqa: E402
 import reference_analyses as ra  # noqa: E402
 
 H, HD, D, L, V = 2, 4, 8, 2, 16
@@ -197,6 +198,21 @@ class EditsOnAnotherDevice(unittest.TestCase):
         got = ra.disruption_edits({0: {"q": mask, "k": mask}})["blocks.0.attn.hook_q"][0](y)
         self.assertTrue(torch.equal(got.reshape(5, -1)[:, mask], torch.zeros(5, 2)))
         self.assertTrue(torch.equal(got.reshape(5, -1)[:, ~mask], y.reshape(5, -1)[:, ~mask]))
+
+
+class GpuUtilizationSamples(unittest.TestCase):
+    """report.py's reading of the nvidia-smi samples gpu-check.sh takes during the timed job."""
+
+    def test_memory_peak_mean_utilization_and_busy_share(self):
+        text = "1000, 0\n81234, 95\n[N/A], [N/A]\n80000, 100\n79000, 45\n"
+        self.assertEqual(report.smi_samples(text), (81234.0, 60.0, 0.5))
+
+    def test_no_samples(self):
+        self.assertEqual(report.smi_samples(""), (None, None, None))
+        self.assertEqual(report.smi_samples("garbage\n"), (None, None, None))
+
+    def test_memory_only_lines_of_an_older_run(self):
+        self.assertEqual(report.smi_samples("512\n2048\n"), (2048.0, None, None))
 
 
 if __name__ == "__main__":
