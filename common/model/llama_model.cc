@@ -4,6 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/model/llama.h"
+#include "common/model/runtime.h"
 #include "common/util/status_macros.h"
 
 namespace sinkscope::model {
@@ -51,18 +52,8 @@ absl::StatusOr<std::shared_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
   try {
     ASSIGN_OR_RETURN(LlamaConfig cfg, LoadLlamaConfig(model_dir));
     ASSIGN_OR_RETURN(at::ScalarType dtype, ParseDtype(opts.dtype));
-    at::Device dev(at::kCPU);
-    try {
-      dev = at::Device(opts.device);
-    } catch (const c10::Error&) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("device \"", opts.device, "\" is not valid (expected cpu, cuda or cuda:N)"));
-    }
-    if (dev.is_cuda() && !at::hasCUDA())
-      return absl::FailedPreconditionError(
-          absl::StrCat("device ", opts.device, " requested but this LibTorch has no CUDA support or no GPU"));
-    if (!dev.is_cpu() && !dev.is_cuda())
-      return absl::InvalidArgumentError(absl::StrCat("device \"", opts.device, "\" is not supported (cpu or cuda)"));
+    RETURN_IF_ERROR(CheckDevice(opts.device));  // a CPU-only LibTorch, no GPU, cuda:N past the visible ones
+    const at::Device dev(opts.device);
     if (dtype == at::kHalf && dev.is_cpu())
       return absl::InvalidArgumentError(
           "dtype float16 is not supported on cpu (LibTorch 1.13 has no CPU Half matmul); use bfloat16 or float32");

@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include <torch/csrc/api/include/torch/version.h>
 
+#include <cstdlib>
 #include <limits>
 #include <thread>
 
@@ -32,38 +33,90 @@ int ComputeThreads() { return at::get_num_threads(); }
 
 bool CudaAvailable() { return at::hasCUDA(); }
 
-absl::StatusOr<int64_t> DeviceMemoryBytes(const std::string& device) {
+namespace {
+
+// An entry point of the CUDA runtime that libtorch_cuda loaded (null in a CPU-only LibTorch). Error codes: 0 =
+// cudaSuccess.
+template <class Fn>
+Fn CudaRuntime(const char* name) {
+  return reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, name));
+}
+
+std::string CudaErrorText(int rc) {
+  using ErrorStringFn = const char* (*)(int);
+  auto text = CudaRuntime<ErrorStringFn>("cudaGetErrorString");
+  const char* s = text != nullptr ? text(rc) : nullptr;
+  return absl::StrCat("error ", rc, s != nullptr ? absl::StrCat(": ", s) : "");
+}
+
+std::string VisibleDevicesEnv() {
+  const char* v = std::getenv("CUDA_VISIBLE_DEVICES");
+  return v != nullptr ? absl::StrCat("CUDA_VISIBLE_DEVICES=\"", v, "\"") : "CUDA_VISIBLE_DEVICES unset";
+}
+
+}  // namespace
+
+absl::StatusOr<int> CudaDeviceCount() {
+  using CountFn = int (*)(int*);
+  auto count = CudaRuntime<CountFn>("cudaGetDeviceCount");
+  if (count == nullptr)
+    return absl::FailedPreconditionError(absl::StrCat("this LibTorch (", TORCH_VERSION,
+                                                      ") was built without CUDA: build against a CUDA LibTorch (README, \"On a GPU node\")"));
+  int n = 0;
+  const int rc = count(&n);
+  if (rc != 0)
+    return absl::FailedPreconditionError(absl::StrCat("the CUDA runtime finds no usable GPU (cudaGetDeviceCount: ",
+                                                      CudaErrorText(rc), "; ", VisibleDevicesEnv(), ")"));
+  if (n == 0) return absl::FailedPreconditionError(absl::StrCat("no CUDA device is visible (", VisibleDevicesEnv(), ")"));
+  if (!at::hasCUDA())  // a CUDA runtime in the process, but not LibTorch's
+    return absl::FailedPreconditionError(absl::StrCat("this LibTorch (", TORCH_VERSION, ") cannot use CUDA"));
+  return n;
+}
+
+absl::Status CheckDevice(const std::string& device) {
   at::Device dev(at::kCPU);
   try {
     dev = at::Device(device);
   } catch (const c10::Error&) {
     return absl::InvalidArgumentError(absl::StrCat("device \"", device, "\": expected cpu, cuda or cuda:N"));
   }
+  if (dev.is_cpu()) return absl::OkStatus();
+  if (!dev.is_cuda()) return absl::InvalidArgumentError(absl::StrCat("device \"", device, "\": not cpu or cuda"));
+  absl::StatusOr<int> n = CudaDeviceCount();
+  if (!n.ok()) return absl::FailedPreconditionError(absl::StrCat(device, ": ", n.status().message()));
+  if (dev.has_index() && dev.index() >= *n)
+    return absl::FailedPreconditionError(absl::StrCat(device, ": only ", *n, " CUDA device", *n == 1 ? "" : "s",
+                                                      " visible (cuda:0", *n > 1 ? absl::StrCat("..cuda:", *n - 1) : "",
+                                                      "; ", VisibleDevicesEnv(), ")"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> DeviceMemoryBytes(const std::string& device) {
+  if (absl::Status st = CheckDevice(device); !st.ok()) return st;
+  const at::Device dev(device);
   if (dev.is_cpu()) {
     const int64_t total = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
     if (total <= 0) return absl::UnavailableError("cpu: cannot read the host's memory size");
     return total;
   }
-  if (!dev.is_cuda()) return absl::InvalidArgumentError(absl::StrCat("device \"", device, "\": not cpu or cuda"));
-  if (!at::hasCUDA()) return absl::FailedPreconditionError(absl::StrCat(device, ": this LibTorch has no CUDA"));
-  // The CUDA runtime is loaded with libtorch_cuda; its entry points are looked up rather than linked, so that this
-  // file builds against a CPU-only LibTorch too. Error codes: 0 = cudaSuccess.
   using GetDeviceFn = int (*)(int*);
   using SetDeviceFn = int (*)(int);
   using MemGetInfoFn = int (*)(size_t*, size_t*);
-  auto get = reinterpret_cast<GetDeviceFn>(dlsym(RTLD_DEFAULT, "cudaGetDevice"));
-  auto set = reinterpret_cast<SetDeviceFn>(dlsym(RTLD_DEFAULT, "cudaSetDevice"));
-  auto info = reinterpret_cast<MemGetInfoFn>(dlsym(RTLD_DEFAULT, "cudaMemGetInfo"));
+  auto get = CudaRuntime<GetDeviceFn>("cudaGetDevice");
+  auto set = CudaRuntime<SetDeviceFn>("cudaSetDevice");
+  auto info = CudaRuntime<MemGetInfoFn>("cudaMemGetInfo");
   if (get == nullptr || set == nullptr || info == nullptr)
     return absl::UnavailableError(absl::StrCat(device, ": the CUDA runtime's cudaMemGetInfo is not loaded"));
   int previous = 0;
-  if (get(&previous) != 0) return absl::UnavailableError(absl::StrCat(device, ": cudaGetDevice failed"));
+  if (const int rc = get(&previous); rc != 0)
+    return absl::UnavailableError(absl::StrCat(device, ": cudaGetDevice failed (", CudaErrorText(rc), ")"));
   const int index = dev.has_index() ? dev.index() : previous;  // "cuda": the current device
-  if (set(index) != 0) return absl::UnavailableError(absl::StrCat(device, ": cudaSetDevice failed"));
+  if (const int rc = set(index); rc != 0)
+    return absl::UnavailableError(absl::StrCat(device, ": cudaSetDevice failed (", CudaErrorText(rc), ")"));
   size_t free_bytes = 0, total_bytes = 0;
   const int rc = info(&free_bytes, &total_bytes);
   set(previous);
-  if (rc != 0) return absl::UnavailableError(absl::StrCat(device, ": cudaMemGetInfo failed (error ", rc, ")"));
+  if (rc != 0) return absl::UnavailableError(absl::StrCat(device, ": cudaMemGetInfo failed (", CudaErrorText(rc), ")"));
   return static_cast<int64_t>(total_bytes);
 }
 

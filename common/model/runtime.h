@@ -15,6 +15,14 @@ void SetComputeThreads(int n);
 int ComputeThreads();  // torch::get_num_threads()
 bool CudaAvailable();  // LibTorch built with CUDA and a device present
 
+// CUDA devices this process sees (cudaGetDeviceCount of the CUDA runtime LibTorch loaded, looked up, so that this
+// builds without CUDA headers), or why there are none: FailedPrecondition naming a CPU-only LibTorch, or the CUDA
+// runtime's own error (a driver older than the runtime, no device, CUDA_VISIBLE_DEVICES hiding them).
+absl::StatusOr<int> CudaDeviceCount();
+// OK when tensors can be placed on `device` ("cpu", "cuda", "cuda:N") here; else why not: InvalidArgument for a name
+// that is not cpu, cuda or cuda:N; FailedPrecondition as CudaDeviceCount, or for an index past the visible devices.
+absl::Status CheckDevice(const std::string& device);
+
 // Total memory of a device ("cpu", "cuda", "cuda:N"), in bytes: the host's physical memory for cpu; for cuda,
 // cudaMemGetInfo's total of that device, looked up in the CUDA runtime LibTorch has loaded (no CUDA headers are
 // needed to build this). Fails with a reason when the device cannot be asked.

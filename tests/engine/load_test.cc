@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/str_cat.h"
 #include "common/model/llama.h"
 #include "common/model/runtime.h"
 #include "common/model/safetensors.h"
@@ -72,6 +73,36 @@ TEST(DeviceMemory, HostMemoryForCpuAndClearErrorsOtherwise) {
     ASSERT_TRUE(cuda.ok()) << cuda.status();
     EXPECT_GT(*cuda, int64_t{1} << 30);
   }
+}
+
+TEST(DeviceMemory, CheckDeviceSaysWhyADeviceCannotBeUsed) {
+  EXPECT_TRUE(CheckDevice("cpu").ok());
+  EXPECT_EQ(CheckDevice("tpu:0").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CheckDevice("cuda:x").code(), absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<int> n = CudaDeviceCount();
+  if (!CudaAvailable()) {
+    // Debian's LibTorch: no CUDA runtime in the process at all, and the reason names the build, not the hardware.
+    ASSERT_FALSE(n.ok());
+    EXPECT_EQ(n.status().code(), absl::StatusCode::kFailedPrecondition);
+    const absl::Status st = CheckDevice("cuda:1");
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    for (const std::string& part : {std::string("cuda:1: "), std::string("built without CUDA"), TorchVersion()})
+      EXPECT_NE(st.message().find(part), std::string::npos) << st << " lacks " << part;
+    return;
+  }
+  ASSERT_TRUE(n.ok()) << n.status();
+  ASSERT_GE(*n, 1);
+  EXPECT_TRUE(CheckDevice("cuda").ok());
+  EXPECT_TRUE(CheckDevice(absl::StrCat("cuda:", *n - 1)).ok());
+  const std::string past = absl::StrCat("cuda:", *n);  // one past the last visible device
+  const absl::Status st = CheckDevice(past);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_NE(st.message().find(absl::StrCat("only ", *n, " CUDA device")), std::string::npos) << st;
+  EXPECT_EQ(DeviceMemoryBytes(past).status().code(), absl::StatusCode::kFailedPrecondition);
+  LoadOptions o;
+  o.device = past;
+  ExpectErr(LlamaModel::Load(FixtureDir() + "/tied", o).status(), absl::StatusCode::kFailedPrecondition,
+            {past, "visible"});
 }
 
 TEST(Safetensors, ParsesAndValidatesBuffers) {
@@ -241,7 +272,8 @@ TEST_F(LoadTest, BadLoadOptions) {
   EXPECT_FALSE(LlamaModel::Load(FixtureDir() + "/tied", o).ok());
   o.device = "cuda";
   if (!CudaAvailable())
-    ExpectErr(LlamaModel::Load(FixtureDir() + "/tied", o).status(), absl::StatusCode::kFailedPrecondition, {"cuda"});
+    ExpectErr(LlamaModel::Load(FixtureDir() + "/tied", o).status(), absl::StatusCode::kFailedPrecondition,
+              {"cuda: ", "built without CUDA"});
   ExpectErr(LlamaModel::Load("/nonexistent-sinkscope", {}).status(), absl::StatusCode::kNotFound, {"config.json"});
   const std::string empty = ScratchDir("nockpt");
   WriteFile(empty + "/config.json", ReadFile(FixtureDir() + "/tied/config.json"));
