@@ -382,9 +382,11 @@ build() {
     fi
   fi
   if [[ $DEVICE == cuda ]]; then
+    # Loaded at start, directly (a pip wheel's torch/lib/libtorch_cuda.so) or through libtorch.so (Debian's layout):
+    # the CUDA kernels register themselves when libtorch_cuda loads.
     echo "== NEEDED torch libraries of sinkscoped:"; readelf -d "$BUILD_DIR/server/sinkscoped" | grep -E "torch|c10"
-    readelf -d "$BUILD_DIR/server/sinkscoped" | grep -q "libtorch_cuda" ||
-      { echo "libtorch_cuda.so not linked"; rm -f "$WORK/build_failed"; return 1; }
+    ldd "$BUILD_DIR/server/sinkscoped" | grep -q "libtorch_cuda\.so" ||
+      { echo "libtorch_cuda.so is not loaded by sinkscoped"; rm -f "$WORK/build_failed"; return 1; }
   fi
   return $rc
 }

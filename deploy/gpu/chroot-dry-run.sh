@@ -7,10 +7,18 @@
 #   --suite bookworm (default): torch 1.13, GCC 12, glibc 2.36: the same base as the .debs.
 #   --suite trixie: torch 2.6, GCC 14, CMake 3.31, glibc 2.41, Python 3.13: the engine compiled and tested against a
 #     LibTorch 2.x with a newer compiler than the .debs were built with, as on a GPU node (the .debs stay Debian 12's).
+#   --torch cuda (trixie only): Debian's CUDA build of torch 2.6 (contrib: python3-torch-cuda, libtorch-cuda-dev, CUDA
+#     12 runtime libraries from non-free) instead of the CPU one: sinkscope is built and linked against a CUDA LibTorch
+#     (libtorch_cuda.so and libc10_cuda.so kept by --no-as-needed), and its tests run with the CUDA libraries loaded
+#     on a machine without a GPU. Debian cannot ship cuDNN (nvidia-cudnn downloads it at install time, and there is
+#     no network here beyond Debian's mirror), so the chroot gets a stand-in libcudnn.so.9 that defines every cuDNN
+#     function the torch libraries bind to (they are linked with BIND_NOW) and aborts if one is ever called: without
+#     a GPU nothing calls cuDNN. The nvidia-cudnn and libcuda1 (driver) dependencies are satisfied by empty packages.
 #
-# Usage (root): deploy/gpu/chroot-dry-run.sh [--suite bookworm|trixie] [--chroot DIR] [--keep-tree]
+# Usage (root): deploy/gpu/chroot-dry-run.sh [--suite bookworm|trixie] [--torch cpu|cuda] [--chroot DIR] [--keep-tree]
 #                 [-- extra gpu-check.sh args]
-#   --chroot: default $TMPDIR/sinkscope-gpu-chroot (-trixie for trixie; keep it outside the repo). Idempotent: the
+#   --chroot: default $TMPDIR/sinkscope-gpu-chroot (-trixie for trixie, -trixie-cuda with --torch cuda; keep it
+#   outside the repo). Idempotent: the
 #   chroot, its build dir and its ccache survive between runs (ccache is the one extra: it only speeds up re-runs).
 #   --keep-tree: do not re-copy the repo, only deploy/ (iterating on the scripts without rebuilding).
 # libtorch-dev Depends on libprotobuf-dev (and python3-dev); installing it would put protobuf headers in /usr and
@@ -21,19 +29,26 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 C=""
 KEEP=0
 SUITE=bookworm
+TORCH=cpu
 while [[ $# -gt 0 ]]; do
   case $1 in
     --chroot) C=$2; shift 2 ;;
     --suite) SUITE=$2; shift 2 ;;
+    --torch) TORCH=$2; shift 2 ;;
     --keep-tree) KEEP=1; shift ;;
     --) shift; break ;;
     *) echo "chroot-dry-run: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [[ $(id -u) == 0 ]] || { echo "chroot-dry-run: needs root" >&2; exit 2; }
+case $TORCH in
+  cpu) ;;
+  cuda) [[ $SUITE == trixie ]] || { echo "chroot-dry-run: --torch cuda needs --suite trixie" >&2; exit 2; } ;;
+  *) echo "chroot-dry-run: --torch must be cpu or cuda" >&2; exit 2 ;;
+esac
 case $SUITE in
   bookworm) C=${C:-${TMPDIR:-/tmp}/sinkscope-gpu-chroot} ;;
-  trixie) C=${C:-${TMPDIR:-/tmp}/sinkscope-gpu-chroot-trixie} ;;
+  trixie) C=${C:-${TMPDIR:-/tmp}/sinkscope-gpu-chroot-trixie$([[ $TORCH == cuda ]] && echo -cuda)} ;;
   *) echo "chroot-dry-run: --suite must be bookworm or trixie" >&2; exit 2 ;;
 esac
 T0=$(date +%s)
@@ -51,13 +66,44 @@ for m in proc sys dev dev/pts; do
 done
 if [[ ! -f $C/.sinkscope-ready ]]; then
   cp /etc/resolv.conf "$C/etc/resolv.conf"
-  say "installing the node stand-in packages"
-  chroot "$C" /bin/bash -c 'set -e; export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends g++ cmake ninja-build python3 python3-torch python3-numpy \
-      libgoogle-glog-dev libgflags-dev ca-certificates ccache >/dev/null
-    cd /tmp && apt-get download -q libtorch-dev >/dev/null
-    dpkg -i --ignore-depends=libprotobuf-dev,python3-dev libtorch-dev_*.deb >/dev/null'
+  say "installing the node stand-in packages (torch: $TORCH)"
+  if [[ $TORCH == cpu ]]; then
+    chroot "$C" /bin/bash -c 'set -e; export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends g++ cmake ninja-build python3 python3-torch python3-numpy \
+        libgoogle-glog-dev libgflags-dev ca-certificates ccache >/dev/null
+      cd /tmp && apt-get download -q libtorch-dev >/dev/null
+      dpkg -i --ignore-depends=libprotobuf-dev,python3-dev libtorch-dev_*.deb >/dev/null'
+  else
+    chroot "$C" /bin/bash -c 'set -e; export DEBIAN_FRONTEND=noninteractive
+      sed -i "s/^Components: main$/Components: main contrib non-free/" /etc/apt/sources.list.d/*.sources 2>/dev/null || true
+      [[ -f /etc/apt/sources.list ]] && sed -i "s/ main$/ main contrib non-free/" /etc/apt/sources.list
+      apt-get update -qq
+      # Empty packages for the two dependencies this machine cannot have: cuDNN (a download from NVIDIA at install
+      # time) and the driver library (no GPU).
+      for p in "nvidia-cudnn 9.99 nvidia-cudnn" "libcuda1 999 libcuda.so.1"; do
+        set -- $p; d=/tmp/empty-$1; mkdir -p $d/DEBIAN
+        printf "Package: %s\nVersion: %s\nArchitecture: amd64\nMaintainer: sinkscope dry run\nProvides: %s (= %s)\nDescription: empty stand-in (sinkscope chroot dry run)\n" \
+          "$1" "$2" "$3" "$2" > $d/DEBIAN/control
+        dpkg-deb -b $d /tmp/$1.deb >/dev/null && dpkg -i /tmp/$1.deb >/dev/null
+      done
+      apt-get install -y -qq --no-install-recommends g++ cmake ninja-build python3 python3-torch-cuda python3-numpy \
+        libgoogle-glog-dev libgflags-dev ca-certificates ccache binutils >/dev/null
+      cd /tmp && apt-get download -q libtorch-cuda-dev >/dev/null
+      dpkg -i --ignore-depends=libprotobuf-dev,python3-dev libtorch-cuda-dev_*.deb >/dev/null
+      # The stand-in libcudnn.so.9: every cuDNN symbol the torch libraries need, each aborting if called, under
+      # the version node they bind to.
+      lib=/usr/lib/x86_64-linux-gnu
+      syms=$(for f in $lib/libtorch*.so.* $lib/libc10*.so.* /usr/lib/python3/dist-packages/torch/*.so; do
+        [[ -f $f && ! -L $f ]] && nm -D --undefined-only "$f" 2>/dev/null | awk "{print \$2}" | sed "s/@.*//" | grep "^cudnn" || true
+      done | sort -u)
+      [[ -n $syms ]] || { echo "no cuDNN symbols found in the torch libraries" >&2; exit 1; }
+      { echo "#include <stdlib.h>"; for s in $syms; do echo "void $s(void) { abort(); }"; done; } > /tmp/cudnn_stub.c
+      echo "libcudnn.so.9 { global: *; };" > /tmp/cudnn_stub.map
+      gcc -shared -fPIC -o $lib/libcudnn.so.9 -Wl,-soname,libcudnn.so.9 -Wl,--version-script=/tmp/cudnn_stub.map /tmp/cudnn_stub.c
+      echo "stand-in libcudnn.so.9: $(echo $syms | wc -w) symbols"
+      python3 -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available())"'
+  fi
   touch "$C/.sinkscope-ready"
 fi
 # None of our -dev packages may be there.
@@ -88,4 +134,13 @@ chroot "$C" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin:/usr/sb
     --torch-python /usr/bin/python3 --python /usr/bin/python3 --build-dir "$in"/build --work "$in"/gpu-work \
     --out "$in"/out "$@"' "$IN" "$@" || rc=$?
 say "gpu-check.sh exited $rc; report: $C$IN/out/gpu.md, log: $C$IN/out/gpu-check.log"
+if [[ $TORCH == cuda ]]; then  # linked against the CUDA LibTorch, not just built beside it
+  loaded=$(chroot "$C" ldd "$IN/build/server/sinkscoped" 2>/dev/null | grep -oE '^\s*lib(torch|c10)[a-z_]*\.so[.0-9]*' |
+           tr -d ' \t' | tr '\n' ' ')
+  if [[ $loaded == *libtorch_cuda* && $loaded == *libc10_cuda* ]]; then
+    say "sinkscoped loads: $loaded"
+  else
+    say "ERROR: sinkscoped does not load libtorch_cuda and libc10_cuda (loads: ${loaded:-none})"; rc=1
+  fi
+fi
 exit $rc
