@@ -385,7 +385,9 @@ build() {
     # Loaded at start, directly (a pip wheel's torch/lib/libtorch_cuda.so) or through libtorch.so (Debian's layout):
     # the CUDA kernels register themselves when libtorch_cuda loads.
     echo "== NEEDED torch libraries of sinkscoped:"; readelf -d "$BUILD_DIR/server/sinkscoped" | grep -E "torch|c10"
-    ldd "$BUILD_DIR/server/sinkscoped" | grep -q "libtorch_cuda\.so" ||
+    local loaded  # (whole output first: grep -q closing the pipe early would fail it under pipefail)
+    loaded=$(ldd "$BUILD_DIR/server/sinkscoped" 2>&1 || true)
+    grep -q "libtorch_cuda\.so" <<< "$loaded" ||
       { echo "libtorch_cuda.so is not loaded by sinkscoped"; rm -f "$WORK/build_failed"; return 1; }
   fi
   return $rc

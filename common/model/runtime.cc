@@ -60,14 +60,15 @@ absl::StatusOr<int> CudaDeviceCount() {
   using CountFn = int (*)(int*);
   auto count = CudaRuntime<CountFn>("cudaGetDeviceCount");
   if (count == nullptr)
-    return absl::FailedPreconditionError(absl::StrCat("this LibTorch (", TORCH_VERSION,
-                                                      ") was built without CUDA: build against a CUDA LibTorch (README, \"On a GPU node\")"));
+    return absl::FailedPreconditionError(absl::StrCat("this LibTorch (", TORCH_VERSION, ") was built without CUDA: ",
+                                                      "build against a CUDA LibTorch (README, \"On a GPU node\")"));
   int n = 0;
   const int rc = count(&n);
   if (rc != 0)
     return absl::FailedPreconditionError(absl::StrCat("the CUDA runtime finds no usable GPU (cudaGetDeviceCount: ",
                                                       CudaErrorText(rc), "; ", VisibleDevicesEnv(), ")"));
-  if (n == 0) return absl::FailedPreconditionError(absl::StrCat("no CUDA device is visible (", VisibleDevicesEnv(), ")"));
+  if (n == 0)
+    return absl::FailedPreconditionError(absl::StrCat("no CUDA device is visible (", VisibleDevicesEnv(), ")"));
   if (!at::hasCUDA())  // a CUDA runtime in the process, but not LibTorch's
     return absl::FailedPreconditionError(absl::StrCat("this LibTorch (", TORCH_VERSION, ") cannot use CUDA"));
   return n;

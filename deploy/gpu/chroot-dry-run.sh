@@ -76,15 +76,18 @@ if [[ ! -f $C/.sinkscope-ready ]]; then
       dpkg -i --ignore-depends=libprotobuf-dev,python3-dev libtorch-dev_*.deb >/dev/null'
   else
     chroot "$C" /bin/bash -c 'set -e; export DEBIAN_FRONTEND=noninteractive
-      sed -i "s/^Components: main$/Components: main contrib non-free/" /etc/apt/sources.list.d/*.sources 2>/dev/null || true
+      sed -i "s/^Components: main$/Components: main contrib non-free/" /etc/apt/sources.list.d/*.sources \
+        2>/dev/null || true
       [[ -f /etc/apt/sources.list ]] && sed -i "s/ main$/ main contrib non-free/" /etc/apt/sources.list
       apt-get update -qq
       # Empty packages for the two dependencies this machine cannot have: cuDNN (a download from NVIDIA at install
       # time) and the driver library (no GPU).
       for p in "nvidia-cudnn 9.99 nvidia-cudnn" "libcuda1 999 libcuda.so.1"; do
         set -- $p; d=/tmp/empty-$1; mkdir -p $d/DEBIAN
-        printf "Package: %s\nVersion: %s\nArchitecture: amd64\nMaintainer: sinkscope dry run\nProvides: %s (= %s)\nDescription: empty stand-in (sinkscope chroot dry run)\n" \
-          "$1" "$2" "$3" "$2" > $d/DEBIAN/control
+        printf "Package: %s\nVersion: %s\nArchitecture: amd64\nMaintainer: sinkscope dry run\n" "$1" "$2" \
+          > $d/DEBIAN/control
+        printf "Provides: %s (= %s)\nDescription: empty stand-in (sinkscope chroot dry run)\n" "$3" "$2" \
+          >> $d/DEBIAN/control
         dpkg-deb -b $d /tmp/$1.deb >/dev/null && dpkg -i /tmp/$1.deb >/dev/null
       done
       apt-get install -y -qq --no-install-recommends g++ cmake ninja-build python3 python3-torch-cuda python3-numpy \
@@ -95,14 +98,17 @@ if [[ ! -f $C/.sinkscope-ready ]]; then
       # the version node they bind to.
       lib=/usr/lib/x86_64-linux-gnu
       syms=$(for f in $lib/libtorch*.so.* $lib/libc10*.so.* /usr/lib/python3/dist-packages/torch/*.so; do
-        [[ -f $f && ! -L $f ]] && nm -D --undefined-only "$f" 2>/dev/null | awk "{print \$2}" | sed "s/@.*//" | grep "^cudnn" || true
+        [[ -f $f && ! -L $f ]] && nm -D --undefined-only "$f" 2>/dev/null | awk "{print \$2}" | sed "s/@.*//" |
+          grep "^cudnn" || true
       done | sort -u)
       [[ -n $syms ]] || { echo "no cuDNN symbols found in the torch libraries" >&2; exit 1; }
       { echo "#include <stdlib.h>"; for s in $syms; do echo "void $s(void) { abort(); }"; done; } > /tmp/cudnn_stub.c
       echo "libcudnn.so.9 { global: *; };" > /tmp/cudnn_stub.map
-      gcc -shared -fPIC -o $lib/libcudnn.so.9 -Wl,-soname,libcudnn.so.9 -Wl,--version-script=/tmp/cudnn_stub.map /tmp/cudnn_stub.c
+      gcc -shared -fPIC -o $lib/libcudnn.so.9 -Wl,-soname,libcudnn.so.9 -Wl,--version-script=/tmp/cudnn_stub.map \
+        /tmp/cudnn_stub.c
       echo "stand-in libcudnn.so.9: $(echo $syms | wc -w) symbols"
-      python3 -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available())"'
+      python3 -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda,
+        \"available\", torch.cuda.is_available())"'
   fi
   touch "$C/.sinkscope-ready"
 fi
