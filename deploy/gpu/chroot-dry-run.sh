@@ -41,14 +41,15 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ $(id -u) == 0 ]] || { echo "chroot-dry-run: needs root" >&2; exit 2; }
-case $TORCH in
-  cpu) ;;
-  cuda) [[ $SUITE == trixie ]] || { echo "chroot-dry-run: --torch cuda needs --suite trixie" >&2; exit 2; } ;;
+case $TORCH in  # the python torch package, its LibTorch -dev package, the chroot name suffix
+  cpu) PY_TORCH=python3-torch; DEV_TORCH=libtorch-dev; FLAVOUR="" ;;
+  cuda) [[ $SUITE == trixie ]] || { echo "chroot-dry-run: --torch cuda needs --suite trixie" >&2; exit 2; }
+        PY_TORCH=python3-torch-cuda; DEV_TORCH=libtorch-cuda-dev; FLAVOUR=-cuda ;;
   *) echo "chroot-dry-run: --torch must be cpu or cuda" >&2; exit 2 ;;
 esac
 case $SUITE in
   bookworm) C=${C:-${TMPDIR:-/tmp}/sinkscope-gpu-chroot} ;;
-  trixie) C=${C:-${TMPDIR:-/tmp}/sinkscope-gpu-chroot-trixie$([[ $TORCH == cuda ]] && echo -cuda)} ;;
+  trixie) C=${C:-${TMPDIR:-/tmp}/sinkscope-gpu-chroot-trixie$FLAVOUR} ;;
   *) echo "chroot-dry-run: --suite must be bookworm or trixie" >&2; exit 2 ;;
 esac
 T0=$(date +%s)
@@ -67,19 +68,11 @@ done
 if [[ ! -f $C/.sinkscope-ready ]]; then
   cp /etc/resolv.conf "$C/etc/resolv.conf"
   say "installing the node stand-in packages (torch: $TORCH)"
-  if [[ $TORCH == cpu ]]; then
-    chroot "$C" /bin/bash -c 'set -e; export DEBIAN_FRONTEND=noninteractive
-      apt-get update -qq
-      apt-get install -y -qq --no-install-recommends g++ cmake ninja-build python3 python3-torch python3-numpy \
-        libgoogle-glog-dev libgflags-dev ca-certificates ccache >/dev/null
-      cd /tmp && apt-get download -q libtorch-dev >/dev/null
-      dpkg -i --ignore-depends=libprotobuf-dev,python3-dev libtorch-dev_*.deb >/dev/null'
-  else
-    chroot "$C" /bin/bash -c 'set -e; export DEBIAN_FRONTEND=noninteractive
+  if [[ $TORCH == cuda ]]; then
+    chroot "$C" /bin/bash -c 'set -e
       sed -i "s/^Components: main$/Components: main contrib non-free/" /etc/apt/sources.list.d/*.sources \
         2>/dev/null || true
       [[ -f /etc/apt/sources.list ]] && sed -i "s/ main$/ main contrib non-free/" /etc/apt/sources.list
-      apt-get update -qq
       # Empty packages for the two dependencies this machine cannot have: cuDNN (a download from NVIDIA at install
       # time) and the driver library (no GPU).
       for p in "nvidia-cudnn 9.99 nvidia-cudnn" "libcuda1 999 libcuda.so.1"; do
@@ -89,11 +82,17 @@ if [[ ! -f $C/.sinkscope-ready ]]; then
         printf "Provides: %s (= %s)\nDescription: empty stand-in (sinkscope chroot dry run)\n" "$3" "$2" \
           >> $d/DEBIAN/control
         dpkg-deb -b $d /tmp/$1.deb >/dev/null && dpkg -i /tmp/$1.deb >/dev/null
-      done
-      apt-get install -y -qq --no-install-recommends g++ cmake ninja-build python3 python3-torch-cuda python3-numpy \
-        libgoogle-glog-dev libgflags-dev ca-certificates ccache binutils >/dev/null
-      cd /tmp && apt-get download -q libtorch-cuda-dev >/dev/null
-      dpkg -i --ignore-depends=libprotobuf-dev,python3-dev libtorch-cuda-dev_*.deb >/dev/null
+      done'
+  fi
+  chroot "$C" /bin/bash -c 'set -e; export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends g++ cmake ninja-build python3 "$1" python3-numpy \
+      libgoogle-glog-dev libgflags-dev ca-certificates ccache >/dev/null
+    cd /tmp && apt-get download -q "$2" >/dev/null
+    dpkg -i --ignore-depends=libprotobuf-dev,python3-dev "$2"_*.deb >/dev/null' \
+    _ "$PY_TORCH" "$DEV_TORCH"
+  if [[ $TORCH == cuda ]]; then
+    chroot "$C" /bin/bash -c 'set -e
       # The stand-in libcudnn.so.9: every cuDNN symbol the torch libraries need, each aborting if called, under
       # the version node they bind to.
       lib=/usr/lib/x86_64-linux-gnu
